@@ -1,0 +1,1 @@
+"""Hashfed member SDK and the `hashfed` command line."""

@@ -1,0 +1,60 @@
+"""The aiohttp application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from federation.api.context import DB, INTAKE, SETTINGS
+from federation.api.errors import problem_middleware
+from federation.api.routes import ROUTES
+from federation.auth.middleware import auth_middleware, expire_nonces
+from federation.intake import Intake
+from federation.settings import Settings
+from federation.store.db import Database
+
+log = logging.getLogger("hashfed.server")
+NONCE_SWEEP_S = 60
+
+
+def create_app(settings: Settings, db: Database | None = None) -> web.Application:
+    """The federation's application; ``db`` is created from settings when not given."""
+    database = db or Database(settings.resolved_database_url)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[problem_middleware, auth_middleware(database, settings.replay_window_s)],
+    )
+    app[SETTINGS] = settings
+    app[DB] = database
+    app[INTAKE] = Intake(database, auto_approve=settings.auto_approve)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    app.cleanup_ctx.append(_background)
+    if db is None:
+        app.on_cleanup.append(_close_db)
+    return app
+
+
+async def _sweep_nonces(db: Database) -> None:
+    while True:
+        await asyncio.sleep(NONCE_SWEEP_S)
+        try:
+            await expire_nonces(db)
+        except Exception:  # keep sweeping; a failed sweep only delays cleanup
+            log.exception("nonce sweep failed")
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_sweep_nonces(app[DB]))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _close_db(app: web.Application) -> None:
+    await app[DB].close()

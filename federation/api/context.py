@@ -1,0 +1,13 @@
+"""Typed keys for what the application holds."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from federation.intake import Intake
+from federation.settings import Settings
+from federation.store.db import Database
+
+DB = web.AppKey("db", Database)
+INTAKE = web.AppKey("intake", Intake)
+SETTINGS = web.AppKey("settings", Settings)

@@ -1,0 +1,106 @@
+"""Request authentication: RFC 9421 signatures, RFC 9530 digests, replay protection.
+
+Order matters for both the answer and the side effects: the signature is
+checked before the body digest (so a tampered body is told apart from a forged
+signature), and the nonce is stored only once the signature verified (so a
+forger cannot burn nonces).
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from sqlalchemy import delete, insert
+from sqlalchemy.exc import IntegrityError
+
+from federation.identities.service import Principal, check_key_usable, load_key
+from federation.protocol.httpsig import (
+    RequestParts,
+    check_coverage,
+    parse_signature_headers,
+    verify_content_digest,
+    verify_request,
+)
+from federation.protocol.problems import HashfedError, Problem
+from federation.store.db import Database
+from federation.store.schema import nonces
+
+PUBLIC_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
+MAX_NONCE_CHARS = 128
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def request_parts(request: web.Request) -> RequestParts:
+    url = request.rel_url
+    return RequestParts(
+        method=request.method,
+        authority=request.host,
+        path=url.raw_path,
+        query=url.raw_query_string,
+        headers=request.headers,
+        scheme=request.scheme,
+    )
+
+
+async def authenticate(request: web.Request, db: Database, window_s: int) -> Principal:
+    """Verify the request's signature; returns who signed it or raises ``HashfedError``."""
+    params, signature = parse_signature_headers(
+        request.headers.get("Signature-Input"), request.headers.get("Signature")
+    )
+    body = await request.read()
+    check_coverage(params, has_body=bool(body))
+    assert params.created is not None and params.keyid is not None and params.nonce is not None
+    now = int(time.time())
+    if abs(now - params.created) > window_s:
+        raise HashfedError(
+            Problem.SIGNATURE_EXPIRED,
+            f"signature created {now - params.created} s from the server's clock; the window "
+            f"is {window_s} s — check the client's clock and sign again",
+        )
+    if params.expires is not None and params.expires < now:
+        raise HashfedError(Problem.SIGNATURE_EXPIRED, "signature has expired")
+    if len(params.nonce) > MAX_NONCE_CHARS:
+        raise HashfedError(Problem.SIGNATURE_MALFORMED, f"nonce longer than {MAX_NONCE_CHARS}")
+    async with db.reading() as conn:
+        info = check_key_usable(await load_key(conn, params.keyid), params.keyid)
+    verify_request(request_parts(request), params, signature, info.public_key)
+    if body or "content-digest" in params.components:
+        verify_content_digest(request.headers.get("Content-Digest"), body)
+    try:
+        async with db.writing() as conn:
+            await conn.execute(
+                insert(nonces).values(
+                    key_id=info.key_id, nonce=params.nonce, expires_at=now + 2 * window_s
+                )
+            )
+    except IntegrityError:
+        raise HashfedError(
+            Problem.NONCE_REPLAYED, "this request was already received (nonce reused)"
+        ) from None
+    return Principal(org_id=info.org_id, key_id=info.key_id, roles=info.roles)
+
+
+def auth_middleware(db: Database, window_s: int) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in PUBLIC_PATHS:
+            request[PRINCIPAL] = await authenticate(request, db, window_s)
+        return await handler(request)
+
+    return middleware
+
+
+def principal_of(request: web.Request) -> Principal:
+    principal: Principal | None = request.get(PRINCIPAL)
+    if principal is None:
+        raise HashfedError(Problem.SIGNATURE_MISSING, "this endpoint needs a signed request")
+    return principal
+
+
+async def expire_nonces(db: Database) -> int:
+    """Drop nonces past their window; a replay of them is refused by ``created`` anyway."""
+    async with db.writing() as conn:
+        result = await conn.execute(delete(nonces).where(nonces.c.expires_at < int(time.time())))
+    return int(result.rowcount or 0)

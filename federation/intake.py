@@ -1,0 +1,186 @@
+"""The one path every signed statement takes into the federation.
+
+open the envelope → check signer against the requester → verify the signature
+→ answer a repeat with the first result → apply it under the append lock,
+storing the statement, its leaves and its result in one transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from federation.identities.service import (
+    Principal,
+    apply_genesis,
+    apply_governance,
+    check_key_usable,
+    load_key,
+)
+from federation.log.append import LogBatch
+from federation.protocol.keys import decode_public_key
+from federation.protocol.problems import HashfedError, Problem
+from federation.protocol.statements import (
+    Envelope,
+    SignedStatement,
+    StatementType,
+    check_statement_time,
+    open_envelope,
+    verify_statement,
+)
+from federation.protocol.taxonomy import DEFAULT_TAXONOMY, Taxonomy
+from federation.records.ingest import (
+    STATE_APPROVED,
+    STATE_PENDING,
+    Prepared,
+    apply_submissions,
+    apply_withdrawals,
+    prepare_submissions,
+    prepare_withdrawals,
+)
+from federation.store.db import Database
+from federation.store.schema import statements
+
+GOVERNANCE_TYPES = frozenset(
+    {
+        StatementType.ORG_ADMIT,
+        StatementType.ORG_SUSPEND,
+        StatementType.ORG_REINSTATE,
+        StatementType.KEY_ADD,
+        StatementType.KEY_RETIRE,
+        StatementType.KEY_REVOKE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of a statement, and whether it is the replay of an earlier one."""
+
+    result: dict[str, Any]
+    replayed: bool
+
+
+@dataclass
+class Intake:
+    db: Database
+    auto_approve: bool = True
+    taxonomy: Taxonomy = DEFAULT_TAXONOMY
+
+    async def _stored_result(self, conn: AsyncConnection, sid: str) -> dict[str, Any] | None:
+        row = (
+            await conn.execute(select(statements.c.result).where(statements.c.id == sid))
+        ).first()
+        return None if row is None else dict(orjson.loads(row.result))
+
+    async def accept(
+        self,
+        principal: Principal,
+        envelope: Envelope,
+        allowed_types: Collection[str],
+        *,
+        check: Callable[[SignedStatement], None] | None = None,
+    ) -> Outcome:
+        """Accept one statement sent by ``principal``; raises ``HashfedError`` on refusal."""
+        statement = open_envelope(envelope)
+        if statement.type not in allowed_types:
+            raise HashfedError(
+                Problem.STATEMENT_WRONG_TYPE,
+                f"a {statement.type} statement cannot be sent here; "
+                f"expected {' or '.join(sorted(allowed_types))}",
+            )
+        if statement.org != principal.org_id:
+            raise HashfedError(
+                Problem.STATEMENT_KEY_MISMATCH,
+                f"statement names organisation {statement.org!r} but the request is from "
+                f"{principal.org_id!r}",
+            )
+        if check is not None:
+            check(statement)
+        async with self.db.reading() as conn:
+            stored = await self._stored_result(conn, statement.id)
+            if stored is not None:
+                return Outcome(stored, replayed=True)
+            key = check_key_usable(await load_key(conn, statement.key_id), statement.key_id)
+        if key.org_id != statement.org:
+            raise HashfedError(
+                Problem.STATEMENT_KEY_MISMATCH,
+                f"key {statement.key_id} does not belong to {statement.org!r}",
+            )
+        verify_statement(statement, key.public_key)
+        check_statement_time(statement)
+        prepared = self._prepare(statement)
+
+        async with self.db.appending() as (conn, size):
+            stored = await self._stored_result(conn, statement.id)
+            if stored is not None:
+                return Outcome(stored, replayed=True)
+            # The key may have been revoked while we verified: decide in log order.
+            check_key_usable(await load_key(conn, statement.key_id), statement.key_id)
+            batch = LogBatch(start=size)
+            result = await self._apply(conn, batch, statement, prepared)
+            if batch.rows:
+                result["leaf_index"] = batch.start
+                await _store_statement(conn, batch, statement, result)
+        return Outcome(result, replayed=False)
+
+    def _prepare(self, statement: SignedStatement) -> Prepared | None:
+        if statement.type == StatementType.SUBMISSIONS:
+            return prepare_submissions(statement, self.taxonomy)
+        if statement.type == StatementType.WITHDRAWALS:
+            return prepare_withdrawals(statement)
+        return None
+
+    async def _apply(
+        self,
+        conn: AsyncConnection,
+        batch: LogBatch,
+        statement: SignedStatement,
+        prepared: Prepared | None,
+    ) -> dict[str, Any]:
+        if statement.type == StatementType.SUBMISSIONS:
+            assert prepared is not None
+            initial = STATE_APPROVED if self.auto_approve else STATE_PENDING
+            return await apply_submissions(conn, batch, statement, prepared, initial_state=initial)
+        if statement.type == StatementType.WITHDRAWALS:
+            assert prepared is not None
+            return await apply_withdrawals(conn, batch, statement, prepared)
+        if statement.type in GOVERNANCE_TYPES:
+            detail = await apply_governance(conn, batch, statement)
+            return {"statement_id": statement.id, "type": statement.type, **detail}
+        raise HashfedError(Problem.STATEMENT_WRONG_TYPE, f"{statement.type} is not accepted here")
+
+
+async def _store_statement(
+    conn: AsyncConnection, batch: LogBatch, statement: SignedStatement, result: dict[str, Any]
+) -> None:
+    """Write the statement row (with the result a repeat will get) and its leaves."""
+    await conn.execute(
+        insert(statements).values(
+            id=statement.id,
+            type=statement.type,
+            org_id=statement.org,
+            key_id=statement.key_id,
+            leaf_idx=batch.start,
+            received_at=int(time.time()),
+            result=orjson.dumps(result),
+        )
+    )
+    await batch.flush(conn)
+
+
+async def found_federation(db: Database, genesis: SignedStatement) -> int:
+    """Append the self-signed genesis statement; refuses if the log is not empty."""
+    verify_statement(genesis, decode_public_key(str(genesis.payload["public_key"])))
+    async with db.appending() as (conn, size):
+        batch = LogBatch(start=size)
+        await apply_genesis(conn, batch, genesis)
+        result = {"statement_id": genesis.id, "type": genesis.type, "leaf_index": batch.start}
+        await _store_statement(conn, batch, genesis, result)
+    return batch.start

@@ -1,0 +1,65 @@
+"""Appending leaves to the event log inside an :meth:`Database.appending` transaction."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from federation.protocol.statements import SignedStatement, canonical_json
+from federation.store.schema import LEAF_STATEMENT, LEAF_VERSION, log, log_head
+
+
+def statement_leaf(idx: int, statement: SignedStatement) -> bytes:
+    """The leaf for an accepted statement: its exact signed bytes and signature."""
+    return canonical_json(
+        {
+            "kind": "statement",
+            "index": idx,
+            "statement": base64.b64encode(statement.signed_bytes).decode("ascii"),
+            "signature": base64.b64encode(statement.signature).decode("ascii"),
+        }
+    )
+
+
+@dataclass
+class LogBatch:
+    """Leaves collected during one append transaction, written in one statement."""
+
+    start: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def next_idx(self) -> int:
+        return self.start + len(self.rows)
+
+    def add_statement(self, statement: SignedStatement) -> int:
+        idx = self.next_idx
+        self.rows.append(
+            {
+                "idx": idx,
+                "kind": LEAF_STATEMENT,
+                "leaf": statement_leaf(idx, statement),
+                "visible": False,
+            }
+        )
+        return idx
+
+    def add_version(self, fields: dict[str, Any], *, visible: bool) -> int:
+        """Append a record version; ``fields`` gains ``kind`` and ``index``."""
+        idx = self.next_idx
+        fields["kind"] = "version"
+        fields["index"] = idx
+        self.rows.append(
+            {"idx": idx, "kind": LEAF_VERSION, "leaf": canonical_json(fields), "visible": visible}
+        )
+        return idx
+
+    async def flush(self, conn: AsyncConnection) -> None:
+        if not self.rows:
+            return
+        await conn.execute(insert(log), self.rows)
+        await conn.execute(update(log_head).where(log_head.c.id == 1).values(size=self.next_idx))

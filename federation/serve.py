@@ -1,0 +1,77 @@
+"""``hashfed server run``: one process, or N workers sharing a port (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import sys
+from types import FrameType
+
+from aiohttp import web
+
+from federation.api.app import create_app
+from federation.settings import Settings
+from federation.store.engine import is_sqlite
+from federation.store.migrate import upgrade_to_head
+
+log = logging.getLogger("hashfed.server")
+
+
+def _run_worker(settings: Settings, reuse_port: bool) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(process)d %(levelname)s %(message)s"
+    )
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port,
+        shutdown_timeout=settings.shutdown_timeout_s,
+        print=None,
+        access_log=log if settings.log_level == "DEBUG" else None,
+    )
+
+
+def run_server(settings: Settings) -> None:
+    """Migrate to head and serve until SIGINT/SIGTERM; requests in flight finish first."""
+    url = settings.resolved_database_url
+    if settings.workers > 1 and is_sqlite(url):
+        raise SystemExit(
+            "SQLite serves one worker; use --workers 1, or point HASHFED_DATABASE_URL at "
+            "PostgreSQL to run several"
+        )
+    settings.prepare_data_dir()
+    upgrade_to_head(url)
+    print(
+        f"hashfed: serving on http://{settings.host}:{settings.port} "
+        f"({settings.workers} worker{'s' if settings.workers > 1 else ''})",
+        flush=True,
+    )
+    if settings.workers == 1:
+        _run_worker(settings, reuse_port=False)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    workers = [
+        ctx.Process(target=_run_worker, args=(settings, True), daemon=False)
+        for _ in range(settings.workers)
+    ]
+    for w in workers:
+        w.start()
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for w in workers:
+            if w.is_alive() and w.pid is not None:
+                w.terminate() if signum == signal.SIGTERM else _interrupt(w.pid)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for w in workers:
+        w.join()
+    sys.exit(max((w.exitcode or 0) for w in workers))
+
+
+def _interrupt(pid: int) -> None:
+    import os
+
+    os.kill(pid, signal.SIGINT)

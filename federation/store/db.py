@@ -1,0 +1,66 @@
+"""The database handle: an engine plus the one serialised append path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from federation.store.engine import create_engine, is_sqlite
+from federation.store.schema import log_head
+
+# SQLite allows 32,766 bound parameters; stay far below for IN (…) lookups.
+IN_CHUNK = 900
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Database:
+    """Owns the engine. Every write to the log goes through :meth:`appending`."""
+
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_engine(url, **engine_kwargs)
+        self.is_sqlite = is_sqlite(url)
+        # In-process serialisation of appenders; across processes (PostgreSQL
+        # workers) the row lock on log_head does the same job.
+        self._append_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that does not touch the log (e.g. the nonce store)."""
+        async with self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def appending(self) -> AsyncIterator[tuple[AsyncConnection, int]]:
+        """A transaction holding the log's append lock; yields (conn, log size).
+
+        Sequence numbers handed out inside are committed before the lock is
+        released, so they become visible in the order they were assigned: a
+        reader paging by ``idx`` never sees a later leaf before an earlier one.
+        """
+        async with self._append_lock, self.engine.begin() as conn:
+            size = (
+                await conn.execute(
+                    select(log_head.c.size).where(log_head.c.id == 1).with_for_update()
+                )
+            ).scalar_one()
+            yield conn, int(size)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
