@@ -36,6 +36,7 @@ unit: $(STAMP)
 
 openapi: $(STAMP)
 	$(BIN)/python -m federation.api.openapi > docs/openapi.json
+	@echo "docs/openapi.json regenerated"
 
 format: $(STAMP)
 	$(BIN)/ruff format federation clients tests bench

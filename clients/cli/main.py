@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import click
 
+from clients.cli.context import Ctx
 from clients.cli.server import server
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="hashfed")
-def cli() -> None:
+@click.option("--profile", "profile_name", envvar="HASHFED_PROFILE", help="Profile to use")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout")
+@click.pass_context
+def cli(ctx: click.Context, profile_name: str | None, as_json: bool) -> None:
     """Hashfed: share hashes of terrorist and violent-extremist content, verifiably."""
+    ctx.obj = Ctx(profile_name, as_json)
 
 
 cli.add_command(server)

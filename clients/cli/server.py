@@ -15,6 +15,13 @@ SERVER_OPTIONS = (
     click.option("--database-url", help="HASHFED_DATABASE_URL (default: SQLite in data dir)"),
     click.option("--origin", help="HASHFED_ORIGIN: the federation's log origin name"),
     click.option("--governance-org", help="HASHFED_GOVERNANCE_ORG (governance)"),
+    click.option(
+        "--auto-approve/--no-auto-approve",
+        default=None,
+        help="HASHFED_AUTO_APPROVE: approve submissions at once (default on)",
+    ),
+    click.option("--max-body-bytes", type=int, help="HASHFED_MAX_BODY_BYTES (64 MiB)"),
+    click.option("--log-level", help="HASHFED_LOG_LEVEL (INFO; DEBUG adds an access log)"),
 )
 
 

@@ -102,3 +102,16 @@ def _responses(route: Any) -> dict[str, Any]:
         "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref(m.ProblemDetails)}},
     }
     return {str(route.status): ok, "4XX": problem, "5XX": problem}
+
+
+def render() -> str:
+    """The document as docs/openapi.json holds it (sorted keys, two-space indent)."""
+    import json
+
+    return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(render())
