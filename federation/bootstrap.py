@@ -6,9 +6,11 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
 from federation.intake import found_federation
+from federation.log.checkpoints import CheckpointSigner
 from federation.log.feed import log_size
 from federation.protocol.keys import (
     encode_public_key,
@@ -38,7 +40,7 @@ class InitResult:
     log_public_key: str
 
 
-def _load_or_create(path: Path) -> tuple[object, bool]:
+def _load_or_create(path: Path) -> tuple[Ed25519PrivateKey, bool]:
     if path.exists():
         return load_private_key(path), False
     key = generate_private_key()
@@ -66,7 +68,7 @@ async def _found(settings: Settings) -> InitResult:
             ).all()
         gov_path = settings.governance_key_path()
         log_key, _ = _load_or_create(settings.log_key_path)
-        log_public = encode_public_key(log_key.public_key())  # type: ignore[attr-defined]
+        log_public = encode_public_key(log_key.public_key())
         if size > 0:
             if not gov_keys:
                 raise RuntimeError(
@@ -86,7 +88,7 @@ async def _found(settings: Settings) -> InitResult:
                 log_public,
             )
         private, _ = _load_or_create(gov_path)
-        public_key = private.public_key()  # type: ignore[attr-defined]
+        public_key = private.public_key()
         kid = key_id(public_key)
         genesis = sign_statement(
             {
@@ -98,11 +100,11 @@ async def _found(settings: Settings) -> InitResult:
                 "origin": settings.origin,
                 "log_public_key": log_public,
             },
-            private,  # type: ignore[arg-type]
+            private,
             key_id=kid,
             org=settings.governance_org,
         )
-        await found_federation(db, genesis)
+        await found_federation(db, genesis, CheckpointSigner(settings.origin, log_key))
         return InitResult(
             True,
             settings.governance_org,

@@ -24,6 +24,7 @@ from federation.identities.service import (
     load_key,
 )
 from federation.log.append import LogBatch
+from federation.log.checkpoints import CheckpointSigner
 from federation.protocol.keys import decode_public_key
 from federation.protocol.problems import HashfedError, Problem
 from federation.protocol.statements import (
@@ -70,6 +71,7 @@ class Outcome:
 @dataclass
 class Intake:
     db: Database
+    signer: CheckpointSigner
     auto_approve: bool = True
     taxonomy: Taxonomy = DEFAULT_TAXONOMY
 
@@ -127,7 +129,7 @@ class Intake:
             result = await self._apply(conn, batch, statement, prepared)
             if batch.rows:
                 result["leaf_index"] = batch.start
-                await _store_statement(conn, batch, statement, result)
+                await _store_statement(conn, batch, statement, result, self.signer)
         return Outcome(result, replayed=False)
 
     def _prepare(self, statement: SignedStatement) -> Prepared | None:
@@ -158,7 +160,11 @@ class Intake:
 
 
 async def _store_statement(
-    conn: AsyncConnection, batch: LogBatch, statement: SignedStatement, result: dict[str, Any]
+    conn: AsyncConnection,
+    batch: LogBatch,
+    statement: SignedStatement,
+    result: dict[str, Any],
+    signer: CheckpointSigner,
 ) -> None:
     """Write the statement row (with the result a repeat will get) and its leaves."""
     await conn.execute(
@@ -172,15 +178,15 @@ async def _store_statement(
             result=orjson.dumps(result),
         )
     )
-    await batch.flush(conn)
+    await batch.flush(conn, signer)
 
 
-async def found_federation(db: Database, genesis: SignedStatement) -> int:
+async def found_federation(db: Database, genesis: SignedStatement, signer: CheckpointSigner) -> int:
     """Append the self-signed genesis statement; refuses if the log is not empty."""
     verify_statement(genesis, decode_public_key(str(genesis.payload["public_key"])))
     async with db.appending() as (conn, size):
         batch = LogBatch(start=size)
         await apply_genesis(conn, batch, genesis)
         result = {"statement_id": genesis.id, "type": genesis.type, "leaf_index": batch.start}
-        await _store_statement(conn, batch, genesis, result)
+        await _store_statement(conn, batch, genesis, result, signer)
     return batch.start

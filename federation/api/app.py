@@ -11,14 +11,17 @@ from aiohttp import web
 
 from federation.api.context import DB, INTAKE, SETTINGS
 from federation.api.errors import problem_middleware
+from federation.api.proofs import PROOF_ROUTES
 from federation.api.routes import ROUTES
 from federation.auth.middleware import auth_middleware, expire_nonces
 from federation.intake import Intake
+from federation.log.checkpoints import CheckpointSigner
 from federation.settings import Settings
 from federation.store.db import Database
 
 log = logging.getLogger("hashfed.server")
 NONCE_SWEEP_S = 60
+ALL_ROUTES = ROUTES + PROOF_ROUTES
 
 
 def create_app(settings: Settings, db: Database | None = None) -> web.Application:
@@ -30,8 +33,9 @@ def create_app(settings: Settings, db: Database | None = None) -> web.Applicatio
     )
     app[SETTINGS] = settings
     app[DB] = database
-    app[INTAKE] = Intake(database, auto_approve=settings.auto_approve)
-    for route in ROUTES:
+    signer = CheckpointSigner.from_file(settings.origin, settings.log_key_path)
+    app[INTAKE] = Intake(database, signer, auto_approve=settings.auto_approve)
+    for route in ALL_ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app.cleanup_ctx.append(_background)
     if db is None:

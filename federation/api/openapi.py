@@ -10,7 +10,7 @@ from pydantic.json_schema import models_json_schema
 
 import federation
 from federation.api import models as m
-from federation.api.routes import ROUTES
+from federation.api.app import ALL_ROUTES as ROUTES
 from federation.protocol.problems import PROBLEM_CONTENT_TYPE, Problem
 
 REF = "#/components/schemas/{model}"

@@ -154,7 +154,7 @@ async def post_withdrawals(request: web.Request) -> web.Response:
 async def get_feed(request: web.Request) -> web.StreamResponse:
     _authorised(request, READERS)
     position = decode_cursor(request.query.get("after"))
-    limit = _int_query(request, "limit", DEFAULT_PAGE)
+    limit = int_query(request, "limit", DEFAULT_PAGE)
     db = request.app[DB]
     if NDJSON in request.headers.get("Accept", ""):
         return await _stream_feed(request, db, position, limit)
@@ -212,12 +212,15 @@ async def _stream_feed(
     return response
 
 
-def _int_query(request: web.Request, name: str, default: int) -> int:
+def int_query(request: web.Request, name: str, default: int, *, minimum: int = 1) -> int:
+    """An integer query parameter of at least ``minimum``; MALFORMED_REQUEST otherwise."""
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise HashfedError(Problem.MALFORMED_REQUEST, f"'{name}' must be a positive integer")
+    if not raw.isdigit() or len(raw) > 18 or int(raw) < minimum:
+        raise HashfedError(
+            Problem.MALFORMED_REQUEST, f"'{name}' must be an integer of at least {minimum}"
+        )
     return int(raw)
 
 

@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from federation.log.checkpoints import CheckpointSigner, record_checkpoint
+from federation.log.tree import MerkleTree
 from federation.protocol.statements import SignedStatement, canonical_json
 from federation.store.schema import LEAF_STATEMENT, LEAF_VERSION, log, log_head
 
@@ -58,8 +60,11 @@ class LogBatch:
         )
         return idx
 
-    async def flush(self, conn: AsyncConnection) -> None:
+    async def flush(self, conn: AsyncConnection, signer: CheckpointSigner) -> str | None:
+        """Write the leaves, extend the Merkle tiles and sign the new checkpoint."""
         if not self.rows:
-            return
+            return None
         await conn.execute(insert(log), self.rows)
         await conn.execute(update(log_head).where(log_head.c.id == 1).values(size=self.next_idx))
+        root = await MerkleTree(conn).append(self.start, [row["leaf"] for row in self.rows])
+        return await record_checkpoint(conn, signer, self.next_idx, root)

@@ -130,3 +130,24 @@ nonces = Table(
     Column("expires_at", BigInteger, nullable=False),
     Index("ix_nonces_expires_at", "expires_at"),
 )
+
+# Merkle tiles (C2SP tlog-tiles layout): tile (level L, index k) holds up to 256
+# consecutive 32-byte hashes of level L, where a level-L hash covers 256**L
+# leaves. A partial tile is the right edge; it grows until it holds 256.
+tiles = Table(
+    "tiles",
+    metadata,
+    Column("level", SmallInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hashes", LargeBinary, nullable=False),
+)
+
+# Every signed checkpoint, by tree size (C2SP tlog-checkpoint signed notes).
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root_hash", LargeBinary(32), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)

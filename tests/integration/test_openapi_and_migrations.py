@@ -15,6 +15,7 @@ from tests.conftest import REPO, Federation
 
 EXPECTED_TABLES = {
     "alembic_version",
+    "checkpoints",
     "contributions",
     "keys",
     "log",
@@ -23,6 +24,7 @@ EXPECTED_TABLES = {
     "orgs",
     "records",
     "statements",
+    "tiles",
 }
 
 

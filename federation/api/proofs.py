@@ -1,0 +1,174 @@
+"""Log endpoints: checkpoints, inclusion and consistency proofs, leaves by range."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from federation.api.context import DB, INTAKE
+from federation.api.routes import READERS, Route, int_query, json_response
+from federation.auth.middleware import principal_of
+from federation.log.checkpoints import checkpoint_at, latest_checkpoint
+from federation.log.feed import log_size
+from federation.log.tree import MerkleTree
+from federation.protocol.merkle import leaf_hash
+from federation.protocol.problems import HashfedError, Problem
+from federation.protocol.statements import Role
+from federation.store.schema import log, statements
+
+PROOF_READERS = (*READERS, Role.CONTRIBUTOR)
+LEAF_READERS = (Role.AUDITOR, Role.ADMIN)
+NOTE_TYPE = "text/plain; charset=utf-8"
+MAX_LEAVES_PAGE = 10_000
+
+
+class InclusionProof(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    index: int
+    size: int
+    leaf_hash: str = Field(description="Base64 of SHA-256(0x00 || leaf)")
+    hashes: list[str] = Field(description="Audit path, base64, RFC 9162 order")
+
+
+class ConsistencyProof(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    old_size: int
+    size: int
+    hashes: list[str]
+
+
+class ProofQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    index: int | None = Field(None, description="Leaf index (or give 'statement')")
+    statement: str | None = Field(None, description="Statement id; proves its leaf")
+    size: int | None = Field(None, description="Tree size of the checkpoint; default latest")
+
+
+class ConsistencyQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    old_size: int = Field(description="Size of the checkpoint the client holds")
+    size: int | None = Field(None, description="Newer size; default latest")
+
+
+class Leaf(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    index: int
+    leaf: str = Field(description="Base64 of the exact leaf bytes")
+
+
+class LeavesPage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    leaves: list[Leaf]
+    next: int | None = Field(description="Index to continue from, null at the end")
+
+
+class LeavesQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: int = 0
+    limit: int = Field(1000, ge=1, le=MAX_LEAVES_PAGE)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _tree_size(request: web.Request, current: int, name: str = "size") -> int:
+    size = int_query(request, name, current, minimum=0)
+    if size > current:
+        raise HashfedError(Problem.NOT_FOUND, f"the log has {current} leaves, not {size}")
+    return size
+
+
+async def get_checkpoint(request: web.Request) -> web.Response:
+    principal_of(request)
+    async with request.app[DB].reading() as conn:
+        if "size" in request.query:
+            note = await checkpoint_at(conn, int_query(request, "size", 0, minimum=0))
+        else:
+            note = await latest_checkpoint(conn)
+    response = web.Response(text=note, content_type="text/plain", charset="utf-8")
+    response.headers["Hashfed-Log-Key"] = request.app[INTAKE].signer.verifier_key
+    return response
+
+
+async def get_inclusion_proof(request: web.Request) -> web.Response:
+    principal_of(request).require(*PROOF_READERS)
+    async with request.app[DB].reading() as conn:
+        size = _tree_size(request, await log_size(conn))
+        sid = request.query.get("statement")
+        if sid is not None:
+            row = (
+                await conn.execute(select(statements.c.leaf_idx).where(statements.c.id == sid))
+            ).first()
+            if row is None:
+                raise HashfedError(Problem.NOT_FOUND, f"no statement {sid} in the log")
+            index = int(row.leaf_idx)
+        else:
+            if "index" not in request.query:
+                raise HashfedError(Problem.MALFORMED_REQUEST, "give 'index' or 'statement'")
+            index = int_query(request, "index", 0, minimum=0)
+        if not 0 <= index < size:
+            raise HashfedError(Problem.NOT_FOUND, f"leaf {index} is not in the tree of size {size}")
+        leaf = (await conn.execute(select(log.c.leaf).where(log.c.idx == index))).scalar_one()
+        proof = await MerkleTree(conn).inclusion_proof(index, size)
+    return json_response(
+        {
+            "index": index,
+            "size": size,
+            "leaf_hash": _b64(leaf_hash(bytes(leaf))),
+            "hashes": [_b64(h) for h in proof],
+        }
+    )
+
+
+async def get_consistency_proof(request: web.Request) -> web.Response:
+    principal_of(request).require(*PROOF_READERS)
+    async with request.app[DB].reading() as conn:
+        size = _tree_size(request, await log_size(conn))
+        old = _tree_size(request, size, "old_size")
+        if "old_size" not in request.query or old == 0:
+            raise HashfedError(
+                Problem.MALFORMED_REQUEST, "'old_size' must be a positive tree size you hold"
+            )
+        proof = await MerkleTree(conn).consistency_proof(old, size) if old < size else []
+    return json_response({"old_size": old, "size": size, "hashes": [_b64(h) for h in proof]})
+
+
+async def get_leaves(request: web.Request) -> web.Response:
+    principal_of(request).require(*LEAF_READERS)
+    start = int_query(request, "start", 0, minimum=0)
+    limit = min(int_query(request, "limit", 1000), MAX_LEAVES_PAGE)
+    async with request.app[DB].reading() as conn:
+        rows = (
+            await conn.execute(
+                select(log.c.idx, log.c.leaf)
+                .where(log.c.idx >= start)
+                .order_by(log.c.idx)
+                .limit(limit)
+            )
+        ).all()
+    leaves: list[dict[str, Any]] = [
+        {"index": int(r.idx), "leaf": _b64(bytes(r.leaf))} for r in rows
+    ]
+    return json_response(
+        {"leaves": leaves, "next": leaves[-1]["index"] + 1 if len(leaves) == limit else None}
+    )
+
+
+PROOF_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/log/checkpoint", get_checkpoint,
+          "The latest signed checkpoint (C2SP tlog-checkpoint note), or the one at ?size=",
+          tuple(Role), tags=("log",)),
+    Route("GET", "/v1/log/proof/inclusion", get_inclusion_proof,
+          "Inclusion proof of a leaf (by index or statement id) in a checkpoint",
+          PROOF_READERS, response=InclusionProof, query=ProofQuery, tags=("log",)),
+    Route("GET", "/v1/log/proof/consistency", get_consistency_proof,
+          "Consistency proof between two tree sizes", PROOF_READERS,
+          response=ConsistencyProof, query=ConsistencyQuery, tags=("log",)),
+    Route("GET", "/v1/log/leaves", get_leaves, "Leaves by range, exact bytes (auditors)",
+          LEAF_READERS, response=LeavesPage, query=LeavesQuery, tags=("log",)),
+)  # fmt: skip

@@ -1,0 +1,193 @@
+"""The event log as an RFC 9162 Merkle tree, stored as tiles of 256 hashes.
+
+Layout (as in C2SP tlog-tiles): level 0 holds leaf hashes; an entry of level
+L is the hash of a complete subtree of 256**L leaves. Tile (L, k) holds level
+L's entries [256k, 256k + 256); only the rightmost tile of a level is partial,
+and tiles only ever grow, so every past tree size stays provable.
+
+- Appending n leaves rewrites at most one partial tile per level and inserts
+  about n / 256 new rows: O(n + log n) hashing, O(n / 256 + log n) rows.
+- Any aligned subtree hash comes from one tile (a subtree of height h lives in
+  level h // 8 as 2**(h % 8) consecutive entries), so a proof in a
+  10,000,000-leaf log reads at most a couple of tiles per level: O(log n).
+
+The hashing rules and proof algorithms are the pure functions of
+:mod:`federation.protocol.merkle`; this module only says where hashes live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from federation.protocol.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    CompactRange,
+    aligned_pieces,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    root_hash,
+)
+from federation.store.schema import tiles
+
+TILE_HEIGHT = 8
+TILE_WIDTH = 1 << TILE_HEIGHT
+
+TileKey = tuple[int, int]
+
+
+def edge_tile_keys(size: int) -> list[TileKey]:
+    """The partial tiles at the right edge of a tree of ``size`` leaves."""
+    keys = []
+    level, count = 0, size
+    while count:
+        if count % TILE_WIDTH:
+            keys.append((level, count // TILE_WIDTH))
+        count //= TILE_WIDTH
+        level += 1
+    return keys
+
+
+def extend_tiles(
+    size: int, edges: Mapping[TileKey, bytes], new_leaf_hashes: Sequence[bytes]
+) -> dict[TileKey, bytes]:
+    """The tiles that change when ``new_leaf_hashes`` are appended to a tree of ``size``.
+
+    ``edges`` holds the current partial tiles (see :func:`edge_tile_keys`).
+    Pure: returns the new full contents of every tile written.
+    """
+    changed: dict[TileKey, bytes] = {}
+    level, count = 0, size
+    new = list(new_leaf_hashes)
+    while new:
+        tile, offset = divmod(count, TILE_WIDTH)
+        buf = bytearray(edges.get((level, tile), b"") if offset else b"")
+        if len(buf) != offset * HASH_SIZE:
+            raise ValueError(
+                f"tile ({level}, {tile}) holds {len(buf)} bytes, expected {offset * 32}"
+            )
+        completed: list[bytes] = []
+        pos = 0
+        while pos < len(new):
+            take = min(TILE_WIDTH - offset, len(new) - pos)
+            buf += b"".join(new[pos : pos + take])
+            pos += take
+            changed[(level, tile)] = bytes(buf)
+            if offset + take == TILE_WIDTH:
+                completed.append(root_hash(_split_hashes(buf)))
+                tile, offset, buf = tile + 1, 0, bytearray()
+            else:
+                offset += take
+        new = completed
+        count //= TILE_WIDTH
+        level += 1
+    return changed
+
+
+def _split_hashes(buf: bytes | bytearray) -> list[bytes]:
+    return [bytes(buf[i : i + HASH_SIZE]) for i in range(0, len(buf), HASH_SIZE)]
+
+
+def subtree_tile(start: int, end: int) -> tuple[TileKey, int, int]:
+    """Where an aligned power-of-two subtree's hash lives: (tile, first entry, entry count)."""
+    height = (end - start).bit_length() - 1
+    level, rest = divmod(height, TILE_HEIGHT)
+    index = start >> (TILE_HEIGHT * level)
+    tile, offset = divmod(index, TILE_WIDTH)
+    return (level, tile), offset, 1 << rest
+
+
+def subtree_hash_from(tile_bytes: Callable[[TileKey], bytes]) -> Callable[[int, int], bytes]:
+    """A ``subtree_hash(start, end)`` for the proof functions, reading hashes from tiles."""
+
+    def subtree_hash(start: int, end: int) -> bytes:
+        key, offset, count = subtree_tile(start, end)
+        data = tile_bytes(key)
+        entries = data[offset * HASH_SIZE : (offset + count) * HASH_SIZE]
+        if len(entries) != count * HASH_SIZE:
+            raise LookupError(f"tile {key} lacks entries {offset}..{offset + count - 1}")
+        return entries if count == 1 else root_hash(_split_hashes(entries))
+
+    return subtree_hash
+
+
+def _needed_tiles(run: Callable[[Callable[[int, int], bytes]], object]) -> set[TileKey]:
+    """Which tiles a proof computation reads (its control flow ignores hash values)."""
+    needed: set[TileKey] = set()
+
+    def record(start: int, end: int) -> bytes:
+        needed.add(subtree_tile(start, end)[0])
+        return b"\x00" * HASH_SIZE
+
+    run(record)
+    return needed
+
+
+class MerkleTree:
+    """The tree over the ``log`` table's leaves, read and extended through one connection."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self._tiles: dict[TileKey, bytes] = {}
+
+    async def _load(self, keys: Iterable[TileKey]) -> None:
+        missing = [k for k in keys if k not in self._tiles]
+        if not missing:
+            return
+        condition = or_(*(and_(tiles.c.level == lv, tiles.c.idx == ix) for lv, ix in missing))
+        rows = await self.conn.execute(
+            select(tiles.c.level, tiles.c.idx, tiles.c.hashes).where(condition)
+        )
+        for row in rows:
+            self._tiles[(int(row.level), int(row.idx))] = bytes(row.hashes)
+
+    def _tile(self, key: TileKey) -> bytes:
+        return self._tiles.get(key, b"")
+
+    async def append(self, size: int, leaves: Sequence[bytes]) -> bytes:
+        """Add ``leaves`` (their bytes) after ``size`` leaves; returns the new root."""
+        if not leaves:
+            return await self.root(size)
+        edges = edge_tile_keys(size)
+        await self._load(edges)
+        existing = {k for k in edges if k in self._tiles}
+        changed = extend_tiles(size, self._tiles, [leaf_hash(leaf) for leaf in leaves])
+        inserts = [
+            {"level": lv, "idx": ix, "hashes": data}
+            for (lv, ix), data in changed.items()
+            if (lv, ix) not in existing
+        ]
+        for (lv, ix), data in changed.items():
+            if (lv, ix) in existing:
+                await self.conn.execute(
+                    update(tiles)
+                    .where(and_(tiles.c.level == lv, tiles.c.idx == ix))
+                    .values(hashes=data)
+                )
+        if inserts:
+            await self.conn.execute(insert(tiles), inserts)
+        self._tiles.update(changed)
+        return await self.root(size + len(leaves))
+
+    async def root(self, size: int) -> bytes:
+        """The root hash of the first ``size`` leaves."""
+        if size == 0:
+            return EMPTY_ROOT
+        pieces = aligned_pieces(0, size)
+        await self._load(subtree_tile(a, b)[0] for a, b in pieces)
+        subtree_hash = subtree_hash_from(self._tile)
+        return CompactRange(size, [subtree_hash(a, b) for a, b in pieces]).root()
+
+    async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """Audit path of leaf ``index`` in the tree of ``size`` leaves."""
+        await self._load(_needed_tiles(lambda h: inclusion_proof(index, size, h)))
+        return inclusion_proof(index, size, subtree_hash_from(self._tile))
+
+    async def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """Proof that the tree of ``size1`` leaves is a prefix of the tree of ``size2``."""
+        await self._load(_needed_tiles(lambda h: consistency_proof(size1, size2, h)))
+        return consistency_proof(size1, size2, subtree_hash_from(self._tile))
