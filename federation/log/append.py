@@ -6,12 +6,13 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from federation.log.checkpoints import CheckpointSigner, record_checkpoint
 from federation.log.tree import MerkleTree
 from federation.protocol.statements import SignedStatement, canonical_json
+from federation.store.bulk import insert_rows
 from federation.store.schema import LEAF_STATEMENT, LEAF_VERSION, log, log_head
 
 
@@ -27,12 +28,15 @@ def statement_leaf(idx: int, statement: SignedStatement) -> bytes:
     )
 
 
+LOG_COLUMNS = ("idx", "kind", "leaf", "visible")
+
+
 @dataclass
 class LogBatch:
     """Leaves collected during one append transaction, written in one statement."""
 
     start: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[tuple[int, int, bytes, bool]] = field(default_factory=list)  # LOG_COLUMNS
 
     @property
     def next_idx(self) -> int:
@@ -40,14 +44,7 @@ class LogBatch:
 
     def add_statement(self, statement: SignedStatement) -> int:
         idx = self.next_idx
-        self.rows.append(
-            {
-                "idx": idx,
-                "kind": LEAF_STATEMENT,
-                "leaf": statement_leaf(idx, statement),
-                "visible": False,
-            }
-        )
+        self.rows.append((idx, LEAF_STATEMENT, statement_leaf(idx, statement), False))
         return idx
 
     def add_version(self, fields: dict[str, Any], *, visible: bool) -> int:
@@ -55,16 +52,14 @@ class LogBatch:
         idx = self.next_idx
         fields["kind"] = "version"
         fields["index"] = idx
-        self.rows.append(
-            {"idx": idx, "kind": LEAF_VERSION, "leaf": canonical_json(fields), "visible": visible}
-        )
+        self.rows.append((idx, LEAF_VERSION, canonical_json(fields), visible))
         return idx
 
     async def flush(self, conn: AsyncConnection, signer: CheckpointSigner) -> str | None:
         """Write the leaves, extend the Merkle tiles and sign the new checkpoint."""
         if not self.rows:
             return None
-        await conn.execute(insert(log), self.rows)
+        await insert_rows(conn, log, LOG_COLUMNS, self.rows)
         await conn.execute(update(log_head).where(log_head.c.id == 1).values(size=self.next_idx))
-        root = await MerkleTree(conn).append(self.start, [row["leaf"] for row in self.rows])
+        root = await MerkleTree(conn).append(self.start, [row[2] for row in self.rows])
         return await record_checkpoint(conn, signer, self.next_idx, root)

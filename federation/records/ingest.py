@@ -9,13 +9,14 @@ not logged at all.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, insert, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from federation.log.append import LogBatch
@@ -23,6 +24,7 @@ from federation.protocol.problems import HashfedError, Problem
 from federation.protocol.signals import normalize_signal, record_id
 from federation.protocol.statements import SignedStatement
 from federation.protocol.taxonomy import Taxonomy
+from federation.store.bulk import insert_rows
 from federation.store.db import chunks
 from federation.store.schema import contributions, records
 
@@ -36,6 +38,30 @@ STATE_WITHDRAWN = "withdrawn"
 TOMBSTONE_STATES = frozenset({STATE_WITHDRAWN})
 CONTRIBUTION_ACTIVE = "active"
 CONTRIBUTION_WITHDRAWN = "withdrawn"
+
+RECORD_COLUMNS = (
+    "id",
+    "signal_type",
+    "value",
+    "state",
+    "labels",
+    "contributors",
+    "version",
+    "published",
+    "head_idx",
+    "created_at",
+    "updated_at",
+)
+CONTRIBUTION_COLUMNS = (
+    "record_id",
+    "org_id",
+    "status",
+    "labels",
+    "statement_id",
+    "note",
+    "ref",
+    "updated_idx",
+)
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -131,13 +157,18 @@ def prepare_submissions(statement: SignedStatement, taxonomy: Taxonomy) -> Prepa
     raw_items = _items_of(statement)
     prepared = Prepared(items=[], results=[None] * len(raw_items))
     seen: set[str] = set()
+    # Batches repeat a few label sets many times: validate each set once.
+    validated: dict[tuple[str, ...], tuple[str, ...]] = {}
     for position, raw in enumerate(raw_items):
         try:
             signal_type, value, rid = _signal_of(raw, _SUBMISSION_KEYS)
             labels = raw.get("labels")
             if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
                 raise HashfedError(Problem.MALFORMED_REQUEST, "'labels' must be a list of strings")
-            checked = taxonomy.validate(labels)
+            key = tuple(labels)
+            checked = validated.get(key)
+            if checked is None:
+                checked = validated[key] = taxonomy.validate(labels)
             note = _optional_text(raw, "note", MAX_NOTE_CHARS)
             ref = _optional_text(raw, "ref", MAX_REF_CHARS)
             if rid in seen:
@@ -177,8 +208,14 @@ def prepare_withdrawals(statement: SignedStatement) -> Prepared:
     return prepared
 
 
-def _json_list(values: Iterable[str]) -> str:
+@functools.lru_cache(maxsize=4096)
+def _json_sorted(values: tuple[str, ...]) -> str:
     return orjson.dumps(sorted(values)).decode()
+
+
+def _json_list(values: Iterable[str]) -> str:
+    """Sorted JSON list; label sets repeat across a batch, so the encoding is cached."""
+    return _json_sorted(values if isinstance(values, tuple) else tuple(values))
 
 
 def _version_fields(
@@ -310,12 +347,17 @@ async def apply_submissions(
         row["head_idx"] = batch.add_version(fields, visible=row["state"] == STATE_APPROVED)
     for c in (*new_contribs, *revived_contribs):
         c["updated_idx"] = summary["leaf_index"]
-    if new_records:
-        await conn.execute(insert(records), new_records)
+    await insert_rows(
+        conn, records, RECORD_COLUMNS, [tuple(r[c] for c in RECORD_COLUMNS) for r in new_records]
+    )
     if changed_records:
         await _update_records(conn, changed_records)
-    if new_contribs:
-        await conn.execute(insert(contributions), new_contribs)
+    await insert_rows(
+        conn,
+        contributions,
+        CONTRIBUTION_COLUMNS,
+        [tuple(c[k] for k in CONTRIBUTION_COLUMNS) for c in new_contribs],
+    )
     if revived_contribs:
         await _update_contributions(conn, revived_contribs)
     return summary

@@ -9,6 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Random-key indexes (record ids) thrash SQLite's 2 MiB default page cache at
+# a million rows; a larger cache and mmap keep pushes flat as the log grows.
+SQLITE_CACHE_KIB = 256 * 1024
+SQLITE_MMAP_BYTES = 1024 * 1024 * 1024
 
 
 def is_sqlite(url: str) -> bool:
@@ -27,6 +31,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
+            cursor.execute("PRAGMA temp_store=MEMORY")
             cursor.close()
 
         return engine
