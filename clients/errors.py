@@ -124,6 +124,8 @@ class DuplicateItem(FederationError): ...
 
 
 class NotContributor(FederationError): ...
+class InvalidTransition(FederationError): ...
+class ConflictOfInterest(FederationError): ...
 
 
 ERROR_CLASSES: dict[Problem, type[FederationError]] = {
@@ -158,6 +160,8 @@ ERROR_CLASSES: dict[Problem, type[FederationError]] = {
     Problem.UNKNOWN_LABEL: UnknownLabel,
     Problem.DUPLICATE_ITEM: DuplicateItem,
     Problem.NOT_CONTRIBUTOR: NotContributor,
+    Problem.INVALID_TRANSITION: InvalidTransition,
+    Problem.CONFLICT_OF_INTEREST: ConflictOfInterest,
 }
 
 

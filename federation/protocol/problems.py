@@ -70,6 +70,13 @@ class Problem(enum.Enum):
     UNKNOWN_LABEL = ("unknown-label", 422, "The label is not in the federation's taxonomy")
     DUPLICATE_ITEM = ("duplicate-item", 422, "The item appears twice in one statement")
     NOT_CONTRIBUTOR = ("not-contributor", 409, "The organisation has no contribution to withdraw")
+    # Governance
+    INVALID_TRANSITION = ("invalid-transition", 409, "The record's state does not allow this")
+    CONFLICT_OF_INTEREST = (
+        "conflict-of-interest",
+        403,
+        "The deciding organisation is a party to the case",
+    )
 
     @property
     def slug(self) -> str:
