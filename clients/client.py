@@ -295,6 +295,82 @@ class FederationClient:
         action = "revoke" if revoke else "retire"
         return await self.send_statement(f"/v1/orgs/{org}/keys/{kid}/{action}", self.sign(payload))
 
+    # Governance
+
+    async def get_policy(self) -> dict[str, Any]:
+        """The policy in force: ``{"version", "policy"}``."""
+        result: dict[str, Any] = await self.get_json("/v1/policy")
+        return result
+
+    async def set_policy(self, policy: Mapping[str, Any], version: int) -> dict[str, Any]:
+        """Set policy ``version`` (the current version + 1) to ``policy`` (admin)."""
+        payload = {
+            "type": StatementType.POLICY_SET.value,
+            "version": version,
+            "policy": dict(policy),
+        }
+        return await self.send_statement("/v1/policy", self.sign(payload))
+
+    async def update_policy(self, **changes: Any) -> dict[str, Any]:
+        """Change some policy fields, keeping the rest (admin)."""
+        current = await self.get_policy()
+        return await self.set_policy({**current["policy"], **changes}, current["version"] + 1)
+
+    async def review_queue(self, **filters: str | int) -> dict[str, Any]:
+        """One page of the review queue, oldest first (admins, auditors).
+
+        Filters: ``state``, ``signal_type``, ``label``, ``contributor``,
+        ``min_age_s``, ``after``, ``limit``.
+        """
+        result: dict[str, Any] = await self.get_json("/v1/reviews", filters or None)
+        return result
+
+    async def review(self, decisions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Sign and send review decisions: ``{"record", "decision", "reason"?, "note"?}`` each."""
+        payload = {"type": StatementType.REVIEWS.value, "items": [dict(d) for d in decisions]}
+        return await self.send_statement("/v1/reviews", self.sign(payload))
+
+    async def opine(self, opinions: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+        """Sign and send opinions: ``{"record", "kind"}`` each (consumers)."""
+        payload = {"type": StatementType.OPINIONS.value, "items": [dict(o) for o in opinions]}
+        return await self.send_statement("/v1/opinions", self.sign(payload))
+
+    async def open_dispute(self, record: str, reason: str, note: str) -> dict[str, Any]:
+        """Dispute an approved record; it is flagged ``disputed`` in the feed at once."""
+        payload = {
+            "type": StatementType.DISPUTE_OPEN.value,
+            "record": record,
+            "reason": reason,
+            "note": note,
+        }
+        return await self.send_statement("/v1/disputes", self.sign(payload))
+
+    async def resolve_dispute(
+        self, dispute: str, outcome: str, note: str, labels: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Vote ``uphold`` (optionally relabelling) or ``retract`` on a dispute (admins)."""
+        payload: dict[str, Any] = {
+            "type": StatementType.DISPUTE_RESOLVE.value,
+            "dispute": dispute,
+            "outcome": outcome,
+            "note": note,
+        }
+        if labels is not None:
+            payload["labels"] = list(labels)
+        return await self.send_statement(f"/v1/disputes/{dispute}/resolve", self.sign(payload))
+
+    async def disputes(self, **filters: str) -> list[dict[str, Any]]:
+        """Disputes visible to this organisation (``state``, ``record`` filters)."""
+        return list((await self.get_json("/v1/disputes", filters or None))["disputes"])
+
+    async def inbox(self, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """This organisation's notifications after the cursor ``after``."""
+        params: dict[str, str | int] = {"limit": limit}
+        if after:
+            params["after"] = after
+        result: dict[str, Any] = await self.get_json("/v1/inbox", params)
+        return result
+
 
 def _error(status: int, content_type: str, body: bytes) -> FederationError:
     if content_type.startswith(PROBLEM_CONTENT_TYPE) or content_type.startswith("application/json"):

@@ -9,6 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
+from federation.governance.policy import PolicyDocument
 from federation.intake import found_federation
 from federation.log.checkpoints import CheckpointSigner
 from federation.log.feed import log_size
@@ -104,7 +105,17 @@ async def _found(settings: Settings) -> InitResult:
             key_id=kid,
             org=settings.governance_org,
         )
-        await found_federation(db, genesis, CheckpointSigner(settings.origin, log_key))
+        policy = sign_statement(
+            {
+                "type": StatementType.POLICY_SET.value,
+                "version": 1,
+                "policy": PolicyDocument(auto_approve=settings.auto_approve).model_dump(),
+            },
+            private,
+            key_id=kid,
+            org=settings.governance_org,
+        )
+        await found_federation(db, genesis, policy, CheckpointSigner(settings.origin, log_key))
         return InitResult(
             True,
             settings.governance_org,

@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from federation.governance.policy import apply_policy_set, current_policy
 from federation.identities.service import (
     Principal,
     apply_genesis,
@@ -35,16 +36,7 @@ from federation.protocol.statements import (
     open_envelope,
     verify_statement,
 )
-from federation.protocol.taxonomy import DEFAULT_TAXONOMY, Taxonomy
-from federation.records.ingest import (
-    STATE_APPROVED,
-    STATE_PENDING,
-    Prepared,
-    apply_submissions,
-    apply_withdrawals,
-    prepare_submissions,
-    prepare_withdrawals,
-)
+from federation.records.ingest import apply_record_statement, prepare
 from federation.store.db import Database
 from federation.store.schema import statements
 
@@ -68,12 +60,22 @@ class Outcome:
     replayed: bool
 
 
+RECORD_TYPES = frozenset(
+    {
+        StatementType.SUBMISSIONS,
+        StatementType.WITHDRAWALS,
+        StatementType.REVIEWS,
+        StatementType.OPINIONS,
+        StatementType.DISPUTE_OPEN,
+        StatementType.DISPUTE_RESOLVE,
+    }
+)
+
+
 @dataclass
 class Intake:
     db: Database
     signer: CheckpointSigner
-    auto_approve: bool = True
-    taxonomy: Taxonomy = DEFAULT_TAXONOMY
 
     async def _stored_result(self, conn: AsyncConnection, sid: str) -> dict[str, Any] | None:
         row = (
@@ -110,6 +112,7 @@ class Intake:
             if stored is not None:
                 return Outcome(stored, replayed=True)
             key = check_key_usable(await load_key(conn, statement.key_id), statement.key_id)
+            policy = await current_policy(conn)
         if key.org_id != statement.org:
             raise HashfedError(
                 Problem.STATEMENT_KEY_MISMATCH,
@@ -117,7 +120,8 @@ class Intake:
             )
         verify_statement(statement, key.public_key)
         check_statement_time(statement)
-        prepared = self._prepare(statement)
+        is_record = statement.type in RECORD_TYPES
+        prepared = prepare(statement, policy.taxonomy) if is_record else None
 
         async with self.db.appending() as (conn, size):
             stored = await self._stored_result(conn, statement.id)
@@ -126,37 +130,27 @@ class Intake:
             # The key may have been revoked while we verified: decide in log order.
             check_key_usable(await load_key(conn, statement.key_id), statement.key_id)
             batch = LogBatch(start=size)
-            result = await self._apply(conn, batch, statement, prepared)
+            if is_record:
+                in_force = await current_policy(conn)
+                if in_force.version != policy.version:  # the taxonomy may have changed
+                    prepared = prepare(statement, in_force.taxonomy)
+                assert prepared is not None
+                result = await apply_record_statement(
+                    conn, batch, statement, principal, prepared, in_force
+                )
+            elif statement.type == StatementType.POLICY_SET:
+                result = await apply_policy_set(conn, batch, statement)
+            elif statement.type in GOVERNANCE_TYPES:
+                detail = await apply_governance(conn, batch, statement)
+                result = {"statement_id": statement.id, "type": statement.type, **detail}
+            else:
+                raise HashfedError(
+                    Problem.STATEMENT_WRONG_TYPE, f"{statement.type} is not accepted here"
+                )
             if batch.rows:
                 result["leaf_index"] = batch.start
                 await _store_statement(conn, batch, statement, result, self.signer)
         return Outcome(result, replayed=False)
-
-    def _prepare(self, statement: SignedStatement) -> Prepared | None:
-        if statement.type == StatementType.SUBMISSIONS:
-            return prepare_submissions(statement, self.taxonomy)
-        if statement.type == StatementType.WITHDRAWALS:
-            return prepare_withdrawals(statement)
-        return None
-
-    async def _apply(
-        self,
-        conn: AsyncConnection,
-        batch: LogBatch,
-        statement: SignedStatement,
-        prepared: Prepared | None,
-    ) -> dict[str, Any]:
-        if statement.type == StatementType.SUBMISSIONS:
-            assert prepared is not None
-            initial = STATE_APPROVED if self.auto_approve else STATE_PENDING
-            return await apply_submissions(conn, batch, statement, prepared, initial_state=initial)
-        if statement.type == StatementType.WITHDRAWALS:
-            assert prepared is not None
-            return await apply_withdrawals(conn, batch, statement, prepared)
-        if statement.type in GOVERNANCE_TYPES:
-            detail = await apply_governance(conn, batch, statement)
-            return {"statement_id": statement.id, "type": statement.type, **detail}
-        raise HashfedError(Problem.STATEMENT_WRONG_TYPE, f"{statement.type} is not accepted here")
 
 
 async def _store_statement(
@@ -181,12 +175,16 @@ async def _store_statement(
     await batch.flush(conn, signer)
 
 
-async def found_federation(db: Database, genesis: SignedStatement, signer: CheckpointSigner) -> int:
-    """Append the self-signed genesis statement; refuses if the log is not empty."""
+async def found_federation(
+    db: Database, genesis: SignedStatement, policy: SignedStatement, signer: CheckpointSigner
+) -> None:
+    """Append the self-signed genesis statement and the first policy; the log must be empty."""
     verify_statement(genesis, decode_public_key(str(genesis.payload["public_key"])))
     async with db.appending() as (conn, size):
         batch = LogBatch(start=size)
         await apply_genesis(conn, batch, genesis)
         result = {"statement_id": genesis.id, "type": genesis.type, "leaf_index": batch.start}
         await _store_statement(conn, batch, genesis, result, signer)
-    return batch.start
+    intake = Intake(db, signer)
+    governance = Principal(genesis.org, genesis.key_id, frozenset({"admin"}))
+    await intake.accept(governance, policy.envelope(), {StatementType.POLICY_SET})

@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     )
     governance_org: str = "governance"
     auto_approve: bool = Field(
-        True, description="Submissions are approved at once (until review is configured)"
+        True,
+        description="Seeds the first policy at init: submissions approved without review. "
+        "After init the policy in the log decides (change it with a policy.set statement).",
     )
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     replay_window_s: int = Field(300, ge=10, le=3600)

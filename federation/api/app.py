@@ -11,6 +11,7 @@ from aiohttp import web
 
 from federation.api.context import DB, INTAKE, SETTINGS
 from federation.api.errors import problem_middleware
+from federation.api.governance import GOVERNANCE_ROUTES
 from federation.api.proofs import PROOF_ROUTES
 from federation.api.routes import ROUTES
 from federation.auth.middleware import auth_middleware, expire_nonces
@@ -21,7 +22,7 @@ from federation.store.db import Database
 
 log = logging.getLogger("hashfed.server")
 NONCE_SWEEP_S = 60
-ALL_ROUTES = ROUTES + PROOF_ROUTES
+ALL_ROUTES = ROUTES + GOVERNANCE_ROUTES + PROOF_ROUTES
 
 
 def create_app(settings: Settings, db: Database | None = None) -> web.Application:
@@ -34,7 +35,7 @@ def create_app(settings: Settings, db: Database | None = None) -> web.Applicatio
     app[SETTINGS] = settings
     app[DB] = database
     signer = CheckpointSigner.from_file(settings.origin, settings.log_key_path)
-    app[INTAKE] = Intake(database, signer, auto_approve=settings.auto_approve)
+    app[INTAKE] = Intake(database, signer)
     for route in ALL_ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app.cleanup_ctx.append(_background)

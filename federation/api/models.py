@@ -93,9 +93,14 @@ class RecordVersion(_Out):
     version: int
     signal_type: str
     value: str
-    state: str = Field(description="pending | approved | withdrawn (tombstone)")
+    state: str = Field(
+        description="approved, or a tombstone: withdrawn (by its contributors) or retracted "
+        "(by governance); pending and rejected versions never reach consumers"
+    )
     labels: list[str]
     contributors: list[str]
+    disputed: bool = Field(description="An open dispute, or a false positive against a positive")
+    opinions: dict[str, int] = Field(description="Opinion counts by kind")
     cause: str = Field(description="Id of the statement that caused this version")
     time: int
 
@@ -149,6 +154,8 @@ class RecordOut(_Out):
     state: str
     labels: list[str]
     contributors: list[str]
+    disputed: bool
+    opinions: dict[str, int]
     version: int
     head_index: int
     created_at: int

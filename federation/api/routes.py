@@ -28,6 +28,7 @@ from federation.log.feed import (
 )
 from federation.protocol.problems import HashfedError, Problem
 from federation.protocol.statements import Role, SignedStatement, StatementType
+from federation.records.ingest import state_from_row
 from federation.store.db import Database
 from federation.store.schema import records
 
@@ -87,7 +88,7 @@ def _authorised(request: web.Request, roles: tuple[Role, ...]) -> Principal:
     return principal
 
 
-async def _accept(
+async def accept_statement(
     request: web.Request,
     roles: tuple[Role, ...],
     types: frozenset[str],
@@ -142,12 +143,16 @@ async def me(request: web.Request) -> web.Response:
 
 
 async def post_submissions(request: web.Request) -> web.Response:
-    outcome = await _accept(request, (Role.CONTRIBUTOR,), frozenset({StatementType.SUBMISSIONS}))
+    outcome = await accept_statement(
+        request, (Role.CONTRIBUTOR,), frozenset({StatementType.SUBMISSIONS})
+    )
     return json_response(outcome.result, replayed=outcome.replayed)
 
 
 async def post_withdrawals(request: web.Request) -> web.Response:
-    outcome = await _accept(request, (Role.CONTRIBUTOR,), frozenset({StatementType.WITHDRAWALS}))
+    outcome = await accept_statement(
+        request, (Role.CONTRIBUTOR,), frozenset({StatementType.WITHDRAWALS})
+    )
     return json_response(outcome.result, replayed=outcome.replayed)
 
 
@@ -238,6 +243,7 @@ async def get_record(request: web.Request) -> web.Response:
     if not visible:
         raise HashfedError(Problem.NOT_FOUND, f"no record {rid} visible to {principal.org_id!r}")
     assert row is not None
+    state = state_from_row(row)
     return json_response(
         {
             "id": row.id,
@@ -246,6 +252,8 @@ async def get_record(request: web.Request) -> web.Response:
             "state": row.state,
             "labels": orjson.loads(row.labels),
             "contributors": contributors,
+            "disputed": state.disputed,
+            "opinions": state.opinion_counts(),
             "version": row.version,
             "head_index": row.head_idx,
             "created_at": row.created_at,
@@ -273,7 +281,7 @@ async def get_org(request: web.Request) -> web.Response:
 
 
 async def post_org(request: web.Request) -> web.Response:
-    outcome = await _accept(request, (Role.ADMIN,), frozenset({StatementType.ORG_ADMIT}))
+    outcome = await accept_statement(request, (Role.ADMIN,), frozenset({StatementType.ORG_ADMIT}))
     return json_response(
         outcome.result, 200 if outcome.replayed else 201, replayed=outcome.replayed
     )
@@ -281,7 +289,7 @@ async def post_org(request: web.Request) -> web.Response:
 
 def _governance(stype: StatementType, *, with_key: bool = False) -> Handler:
     async def handler(request: web.Request) -> web.Response:
-        outcome = await _accept(
+        outcome = await accept_statement(
             request,
             (Role.ADMIN,),
             frozenset({stype}),

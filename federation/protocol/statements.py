@@ -51,8 +51,13 @@ class StatementType(enum.StrEnum):
     KEY_ADD = "key.add"
     KEY_RETIRE = "key.retire"
     KEY_REVOKE = "key.revoke"
+    POLICY_SET = "policy.set"
     SUBMISSIONS = "submissions"
     WITHDRAWALS = "withdrawals"
+    REVIEWS = "reviews"
+    OPINIONS = "opinions"
+    DISPUTE_OPEN = "dispute.open"
+    DISPUTE_RESOLVE = "dispute.resolve"
 
 
 class Role(enum.StrEnum):

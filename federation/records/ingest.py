@@ -1,43 +1,56 @@
-"""Submissions and withdrawals: from a signed statement to records, contributions and versions.
+"""Record statements, from signed bytes to records, contributions, versions and inboxes.
 
-Items are validated before the append lock is taken (pure work); inside it,
-one read per table fetches what the batch touches, the changes are computed in
-memory, and everything is written with Core bulk statements. An item that is
-refused or a duplicate writes nothing; a statement that changes nothing is
-not logged at all.
+Items are validated before the append lock is taken (pure work). Inside it,
+the state of every record the statement touches is loaded in a few queries,
+each item goes through the pure machine (:mod:`federation.governance.machine`),
+and the changes are written with bulk statements. A refused item or a
+duplicate writes nothing; a statement that changes nothing is not logged.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from federation.governance import machine
+from federation.governance.machine import Dispute, RecordState
+from federation.governance.policy import PolicyInForce
+from federation.governance.rules import (
+    Action,
+    DisputeReason,
+    OpinionKind,
+    RejectReason,
+    State,
+    Tally,
+)
+from federation.identities.service import Principal
 from federation.log.append import LogBatch
 from federation.protocol.problems import HashfedError, Problem
 from federation.protocol.signals import normalize_signal, record_id
-from federation.protocol.statements import SignedStatement
+from federation.protocol.statements import SignedStatement, StatementType
 from federation.protocol.taxonomy import Taxonomy
 from federation.store.bulk import insert_rows
 from federation.store.db import chunks
-from federation.store.schema import contributions, records
+from federation.store.schema import contributions, disputes, notifications, records
 
 MAX_ITEMS_PER_STATEMENT = 100_000
 MAX_NOTE_CHARS = 2000
 MAX_REF_CHARS = 256
 
-STATE_PENDING = "pending"
-STATE_APPROVED = "approved"
-STATE_WITHDRAWN = "withdrawn"
-TOMBSTONE_STATES = frozenset({STATE_WITHDRAWN})
 CONTRIBUTION_ACTIVE = "active"
 CONTRIBUTION_WITHDRAWN = "withdrawn"
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+REFUSED = "refused"
 
 RECORD_COLUMNS = (
     "id",
@@ -51,6 +64,7 @@ RECORD_COLUMNS = (
     "head_idx",
     "created_at",
     "updated_at",
+    "gov",
 )
 CONTRIBUTION_COLUMNS = (
     "record_id",
@@ -62,30 +76,43 @@ CONTRIBUTION_COLUMNS = (
     "ref",
     "updated_idx",
 )
+NOTIFICATION_COLUMNS = ("org_id", "idx", "seq", "kind", "record_id", "dispute_id", "detail")
 
-ACCEPTED = "accepted"
-DUPLICATE = "duplicate"
-REFUSED = "refused"
-
+_HEADER_KEYS = frozenset({"type", "org", "key", "created", "v", "nonce"})
+_STATEMENT_KEYS = {
+    StatementType.SUBMISSIONS: _HEADER_KEYS | {"items"},
+    StatementType.WITHDRAWALS: _HEADER_KEYS | {"items", "reason"},
+    StatementType.REVIEWS: _HEADER_KEYS | {"items"},
+    StatementType.OPINIONS: _HEADER_KEYS | {"items"},
+    StatementType.DISPUTE_OPEN: _HEADER_KEYS | {"record", "reason", "note"},
+    StatementType.DISPUTE_RESOLVE: _HEADER_KEYS | {"dispute", "outcome", "labels", "note"},
+}
 _SUBMISSION_KEYS = frozenset({"signal_type", "value", "labels", "note", "ref"})
 _WITHDRAWAL_KEYS = frozenset({"signal_type", "value"})
-_STATEMENT_KEYS = {
-    "submissions": frozenset({"type", "org", "key", "created", "v", "nonce", "items"}),
-    "withdrawals": frozenset({"type", "org", "key", "created", "v", "nonce", "items", "reason"}),
-}
+_REVIEW_KEYS = frozenset({"record", "decision", "reason", "note"})
+_OPINION_KEYS = frozenset({"record", "kind"})
+_DECISIONS = {"approve": Action.APPROVE, "reject": Action.REJECT,
+              "request_changes": Action.REQUEST_CHANGES}  # fmt: skip
+_OUTCOMES = {"uphold": Action.UPHOLD, "retract": Action.RETRACT}
+
+
+# ---------------------------------------------------------------- validation
 
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """A validated item of a submissions or withdrawals statement."""
+    """One validated item: which record, and what the statement says about it."""
 
     position: int
     record_id: str
-    signal_type: str
-    value: str
+    signal_type: str = ""
+    value: str = ""
     labels: tuple[str, ...] = ()
     note: str | None = None
     ref: str | None = None
+    action: Action | None = None
+    reason: str | None = None
+    kind: OpinionKind | None = None
 
 
 @dataclass(slots=True)
@@ -94,6 +121,8 @@ class Prepared:
 
     items: list[Item]
     results: list[dict[str, Any] | None]
+    # For single-record statements (disputes): their checked members.
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _refusal(position: int, err: HashfedError) -> dict[str, Any]:
@@ -104,14 +133,17 @@ def _refusal(position: int, err: HashfedError) -> dict[str, Any]:
     }
 
 
-def _items_of(statement: SignedStatement) -> list[Any]:
-    allowed = _STATEMENT_KEYS[statement.type]
-    unknown = set(statement.payload) - allowed
+def _check_members(statement: SignedStatement) -> None:
+    unknown = set(statement.payload) - _STATEMENT_KEYS[StatementType(statement.type)]
     if unknown:
         raise HashfedError(
             Problem.STATEMENT_MALFORMED,
             f"unknown member(s) in {statement.type}: {', '.join(sorted(unknown))}",
         )
+
+
+def _items_of(statement: SignedStatement) -> list[Any]:
+    _check_members(statement)
     items = statement.payload.get("items")
     if not isinstance(items, list) or not items:
         raise HashfedError(Problem.STATEMENT_MALFORMED, "'items' must be a non-empty list")
@@ -124,18 +156,20 @@ def _items_of(statement: SignedStatement) -> list[Any]:
     return items
 
 
-def _optional_text(raw: dict[str, Any], key: str, limit: int) -> str | None:
+def _text(raw: dict[str, Any], key: str, limit: int, *, required: bool = False) -> str | None:
     value = raw.get(key)
-    if value is None:
+    if value is None and not required:
         return None
-    if not isinstance(value, str) or len(value) > limit:
+    if not isinstance(value, str) or len(value) > limit or (required and not value.strip()):
         raise HashfedError(
-            Problem.MALFORMED_REQUEST, f"'{key}' must be a string of at most {limit} characters"
+            Problem.MALFORMED_REQUEST,
+            f"'{key}' must be a {'non-empty ' if required else ''}string of at most {limit} "
+            "characters",
         )
     return value
 
 
-def _signal_of(raw: Any, allowed: frozenset[str]) -> tuple[str, str, str]:
+def _object(raw: Any, allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise HashfedError(Problem.MALFORMED_REQUEST, "an item must be a JSON object")
     unknown = raw.keys() - allowed
@@ -143,6 +177,10 @@ def _signal_of(raw: Any, allowed: frozenset[str]) -> tuple[str, str, str]:
         raise HashfedError(
             Problem.MALFORMED_REQUEST, f"unknown member(s) in item: {', '.join(sorted(unknown))}"
         )
+    return raw
+
+
+def _signal_of(raw: dict[str, Any]) -> tuple[str, str, str]:
     signal_type, value = raw.get("signal_type"), raw.get("value")
     if not isinstance(signal_type, str) or not isinstance(value, str):
         raise HashfedError(
@@ -152,60 +190,139 @@ def _signal_of(raw: Any, allowed: frozenset[str]) -> tuple[str, str, str]:
     return signal_type, normalized, record_id(signal_type, normalized)
 
 
-def prepare_submissions(statement: SignedStatement, taxonomy: Taxonomy) -> Prepared:
-    """Validate every item of a submissions statement (no I/O)."""
-    raw_items = _items_of(statement)
-    prepared = Prepared(items=[], results=[None] * len(raw_items))
-    seen: set[str] = set()
-    # Batches repeat a few label sets many times: validate each set once.
-    validated: dict[tuple[str, ...], tuple[str, ...]] = {}
-    for position, raw in enumerate(raw_items):
-        try:
-            signal_type, value, rid = _signal_of(raw, _SUBMISSION_KEYS)
-            labels = raw.get("labels")
-            if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-                raise HashfedError(Problem.MALFORMED_REQUEST, "'labels' must be a list of strings")
-            key = tuple(labels)
-            checked = validated.get(key)
-            if checked is None:
-                checked = validated[key] = taxonomy.validate(labels)
-            note = _optional_text(raw, "note", MAX_NOTE_CHARS)
-            ref = _optional_text(raw, "ref", MAX_REF_CHARS)
-            if rid in seen:
-                raise HashfedError(
-                    Problem.DUPLICATE_ITEM,
-                    f"{signal_type} {value} appears earlier in this statement",
-                )
-        except HashfedError as err:
-            prepared.results[position] = _refusal(position, err)
-            continue
-        seen.add(rid)
-        prepared.items.append(Item(position, rid, signal_type, value, checked, note, ref))
-    return prepared
+def _record_ref(raw: dict[str, Any], key: str = "record") -> str:
+    rid = raw.get(key)
+    if not isinstance(rid, str) or len(rid) != 32 or not all(c in "0123456789abcdef" for c in rid):
+        raise HashfedError(Problem.MALFORMED_REQUEST, f"'{key}' must be a 32-hex record id")
+    return rid
 
 
-def prepare_withdrawals(statement: SignedStatement) -> Prepared:
-    """Validate every item of a withdrawals statement (no I/O)."""
+def _choice(raw: dict[str, Any], key: str, choices: Iterable[str]) -> str:
+    value = raw.get(key)
+    options = sorted(choices)
+    if value not in options:
+        raise HashfedError(
+            Problem.MALFORMED_REQUEST, f"'{key}' must be one of {', '.join(options)}; got {value!r}"
+        )
+    return str(value)
+
+
+def _labels(
+    raw: Any, taxonomy: Taxonomy, cache: dict[tuple[str, ...], tuple[str, ...]]
+) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise HashfedError(Problem.MALFORMED_REQUEST, "'labels' must be a list of strings")
+    key = tuple(raw)
+    checked = cache.get(key)
+    if checked is None:
+        checked = cache[key] = taxonomy.validate(raw)
+    return checked
+
+
+def _each(statement: SignedStatement, parse: Callable[[int, Any], Item]) -> Prepared:
     raw_items = _items_of(statement)
-    reason = statement.payload.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_NOTE_CHARS):
-        raise HashfedError(Problem.STATEMENT_MALFORMED, "'reason' must be a short string")
     prepared = Prepared(items=[], results=[None] * len(raw_items))
     seen: set[str] = set()
     for position, raw in enumerate(raw_items):
         try:
-            signal_type, value, rid = _signal_of(raw, _WITHDRAWAL_KEYS)
-            if rid in seen:
+            item = parse(position, raw)
+            if item.record_id in seen:
                 raise HashfedError(
-                    Problem.DUPLICATE_ITEM,
-                    f"{signal_type} {value} appears earlier in this statement",
+                    Problem.DUPLICATE_ITEM, "the same record appears earlier in this statement"
                 )
         except HashfedError as err:
             prepared.results[position] = _refusal(position, err)
             continue
-        seen.add(rid)
-        prepared.items.append(Item(position, rid, signal_type, value))
+        seen.add(item.record_id)
+        prepared.items.append(item)
     return prepared
+
+
+def prepare(statement: SignedStatement, taxonomy: Taxonomy) -> Prepared:
+    """Validate a record statement's items (no I/O)."""
+    stype = statement.type
+    cache: dict[tuple[str, ...], tuple[str, ...]] = {}
+    if stype == StatementType.SUBMISSIONS:
+
+        def submission(position: int, raw: Any) -> Item:
+            raw = _object(raw, _SUBMISSION_KEYS)
+            signal_type, value, rid = _signal_of(raw)
+            return Item(
+                position, rid, signal_type, value,
+                labels=_labels(raw.get("labels"), taxonomy, cache),
+                note=_text(raw, "note", MAX_NOTE_CHARS),
+                ref=_text(raw, "ref", MAX_REF_CHARS),
+            )  # fmt: skip
+
+        return _each(statement, submission)
+    if stype == StatementType.WITHDRAWALS:
+        reason = statement.payload.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_NOTE_CHARS):
+            raise HashfedError(Problem.STATEMENT_MALFORMED, "'reason' must be a short string")
+
+        def withdrawal(position: int, raw: Any) -> Item:
+            signal_type, value, rid = _signal_of(_object(raw, _WITHDRAWAL_KEYS))
+            return Item(position, rid, signal_type, value)
+
+        return _each(statement, withdrawal)
+    if stype == StatementType.REVIEWS:
+
+        def decision(position: int, raw: Any) -> Item:
+            raw = _object(raw, _REVIEW_KEYS)
+            action = _DECISIONS[_choice(raw, "decision", _DECISIONS)]
+            reason = None
+            if action == Action.REJECT:
+                reason = _choice(raw, "reason", (r.value for r in RejectReason))
+            elif raw.get("reason") is not None:
+                raise HashfedError(Problem.MALFORMED_REQUEST, "'reason' goes with reject only")
+            note = _text(raw, "note", MAX_NOTE_CHARS, required=action == Action.REQUEST_CHANGES)
+            return Item(position, _record_ref(raw), action=action, reason=reason, note=note)
+
+        return _each(statement, decision)
+    if stype == StatementType.OPINIONS:
+
+        def opinion(position: int, raw: Any) -> Item:
+            raw = _object(raw, _OPINION_KEYS)
+            kind = OpinionKind(_choice(raw, "kind", (k.value for k in OpinionKind)))
+            return Item(position, _record_ref(raw), kind=kind)
+
+        return _each(statement, opinion)
+    try:
+        return _prepare_single(statement, taxonomy, cache)
+    except HashfedError as err:
+        if err.problem is not Problem.MALFORMED_REQUEST:
+            raise
+        # A single-record statement is refused whole: its fields are the statement's.
+        raise HashfedError(Problem.STATEMENT_MALFORMED, err.detail) from err
+
+
+def _prepare_single(
+    statement: SignedStatement, taxonomy: Taxonomy, cache: dict[tuple[str, ...], tuple[str, ...]]
+) -> Prepared:
+    stype = statement.type
+    _check_members(statement)
+    payload = statement.payload
+    if stype == StatementType.DISPUTE_OPEN:
+        rid = _record_ref(payload)
+        reason = _choice(payload, "reason", (r.value for r in DisputeReason))
+        note = _text(payload, "note", MAX_NOTE_CHARS, required=True)
+        return Prepared([Item(0, rid, reason=reason, note=note)], [None])
+    if stype == StatementType.DISPUTE_RESOLVE:
+        dispute_id = _record_ref(payload, "dispute")
+        outcome = _OUTCOMES[_choice(payload, "outcome", _OUTCOMES)]
+        labels = payload.get("labels")
+        if labels is not None and outcome != Action.UPHOLD:
+            raise HashfedError(Problem.MALFORMED_REQUEST, "'labels' go with uphold only")
+        checked = None if labels is None else _labels(labels, taxonomy, cache)
+        note = _text(payload, "note", MAX_NOTE_CHARS, required=True)
+        return Prepared(
+            [], [], extra={"dispute": dispute_id, "outcome": outcome, "labels": checked,
+                           "note": note},
+        )  # fmt: skip
+    raise HashfedError(Problem.STATEMENT_WRONG_TYPE, f"{stype} is not a record statement")
+
+
+# ------------------------------------------------------------------ storage
 
 
 @functools.lru_cache(maxsize=4096)
@@ -218,165 +335,184 @@ def _json_list(values: Iterable[str]) -> str:
     return _json_sorted(values if isinstance(values, tuple) else tuple(values))
 
 
-def _version_fields(
-    row: dict[str, Any], labels: Sequence[str], contributors: Sequence[str], cause: str, now: int
-) -> dict[str, Any]:
-    return {
-        "record": row["id"],
-        "version": row["version"],
-        "signal_type": row["signal_type"],
-        "value": row["value"],
-        "state": row["state"],
-        "labels": list(labels),
-        "contributors": list(contributors),
-        "cause": cause,
-        "time": now,
-    }
+def _gov_json(record: RecordState) -> str:
+    doc: dict[str, Any] = {}
+    if record.approvals:
+        doc["approvals"] = sorted(record.approvals)
+    if record.opinions:
+        doc["opinions"] = record.opinions
+    if record.open_disputes:
+        doc["disputes"] = record.open_disputes
+    if record.relabelled is not None:
+        doc["relabelled"] = list(record.relabelled)
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode() if doc else "{}"
 
 
-async def _fetch_records(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
+def state_from_row(row: Any) -> RecordState:
+    """The machine state stored in a ``records`` row (contributions are loaded apart)."""
+    gov = orjson.loads(row.gov) if row.gov != "{}" else {}
+    relabelled = gov.get("relabelled")
+    return RecordState(
+        id=row.id,
+        signal_type=row.signal_type,
+        value=row.value,
+        state=State(row.state),
+        version=row.version,
+        published=bool(row.published),
+        approvals=set(gov.get("approvals", ())),
+        opinions=dict(gov.get("opinions", {})),
+        open_disputes=dict(gov.get("disputes", {})),
+        relabelled=tuple(relabelled) if relabelled is not None else None,
+    )
+
+
+async def load_states(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, RecordState]:
+    """The machine state of each existing record among ``ids`` (with active contributions)."""
+    found: dict[str, RecordState] = {}
     for part in chunks(ids):
-        for row in await conn.execute(select(records).where(records.c.id.in_(part))):
-            found[row.id] = row
+        for row in await conn.execute(
+            select(
+                records.c.id, records.c.signal_type, records.c.value, records.c.state,
+                records.c.version, records.c.published, records.c.gov,
+            ).where(records.c.id.in_(part))
+        ):  # fmt: skip
+            found[row.id] = state_from_row(row)
+    existing = list(found)
+    for part in chunks(existing):
+        rows = await conn.execute(
+            select(contributions.c.record_id, contributions.c.org_id, contributions.c.labels).where(
+                and_(
+                    contributions.c.record_id.in_(part),
+                    contributions.c.status == CONTRIBUTION_ACTIVE,
+                )
+            )
+        )
+        for r in rows:
+            found[r.record_id].contributions[r.org_id] = tuple(orjson.loads(r.labels))
     return found
 
 
-def _summary(statement: SignedStatement, results: list[dict[str, Any] | None]) -> dict[str, Any]:
-    done = [r for r in results if r is not None]
-    counts = {ACCEPTED: 0, DUPLICATE: 0, REFUSED: 0}
-    for r in done:
-        counts[r["status"]] += 1
-    return {"statement_id": statement.id, "counts": counts, "results": done}
+@dataclass
+class Changes:
+    """What one statement did, gathered in memory and written at the end."""
 
+    statement: SignedStatement
+    now: int
+    results: list[dict[str, Any] | None]
+    new: list[RecordState] = field(default_factory=list)
+    changed: list[RecordState] = field(default_factory=list)  # in the order they changed
+    contributions_added: list[tuple[Any, ...]] = field(default_factory=list)
+    contributions_readded: list[tuple[Any, ...]] = field(default_factory=list)
+    contributions_withdrawn: list[tuple[str, str]] = field(default_factory=list)
+    # (org, record, dispute, kind, detail); the log index is the record's new version.
+    notices: list[tuple[str, str | None, str | None, str, dict[str, Any]]] = field(
+        default_factory=list
+    )
+    head_idx: dict[str, int] = field(default_factory=dict)
+    disputes_opened: list[dict[str, Any]] = field(default_factory=list)
+    disputes_voted: list[dict[str, Any]] = field(default_factory=list)
+    # A dispute vote short of quorum changes no record but must be in the log.
+    log_anyway: bool = False
 
-async def apply_submissions(
-    conn: AsyncConnection,
-    batch: LogBatch,
-    statement: SignedStatement,
-    prepared: Prepared,
-    *,
-    initial_state: str,
-) -> dict[str, Any]:
-    """Apply validated submissions inside an append transaction."""
-    org = statement.org
-    now = int(time.time())
-    ids = [item.record_id for item in prepared.items]
-    existing = await _fetch_records(conn, ids)
-    mine: dict[str, str] = {}
-    touched = [rid for rid in ids if rid in existing]
-    for part in chunks(touched):
-        rows = await conn.execute(
-            select(contributions.c.record_id, contributions.c.status).where(
-                and_(contributions.c.org_id == org, contributions.c.record_id.in_(part))
-            )
-        )
-        mine.update({r.record_id: r.status for r in rows})
-
-    new_records: list[dict[str, Any]] = []
-    changed_records: list[dict[str, Any]] = []
-    new_contribs: list[dict[str, Any]] = []
-    revived_contribs: list[dict[str, Any]] = []
-    versions: list[tuple[dict[str, Any], list[str], list[str]]] = []
-    results = prepared.results
-    for item in prepared.items:
-        old = existing.get(item.record_id)
-        if old is not None and mine.get(item.record_id) == CONTRIBUTION_ACTIVE:
-            results[item.position] = {
-                "index": item.position,
-                "status": DUPLICATE,
-                "record": item.record_id,
-            }
-            continue
-        contribution = {
-            "record_id": item.record_id,
-            "org_id": org,
-            "status": CONTRIBUTION_ACTIVE,
-            "labels": _json_list(item.labels),
-            "statement_id": statement.id,
-            "note": item.note,
-            "ref": item.ref,
-        }
-        if old is None:
-            labels, contributors = list(item.labels), [org]
-            row: dict[str, Any] = {
-                "id": item.record_id,
-                "signal_type": item.signal_type,
-                "value": item.value,
-                "state": initial_state,
-                "version": 1,
-                "published": initial_state == STATE_APPROVED,
-                "created_at": now,
-            }
-            new_records.append(row)
-            new_contribs.append(contribution)
-        else:
-            revived = old.state in TOMBSTONE_STATES
-            labels = sorted(
-                set(item.labels) if revived else set(orjson.loads(old.labels)) | set(item.labels)
-            )
-            contributors = [org] if revived else sorted({*orjson.loads(old.contributors), org})
-            state = initial_state if revived else old.state
-            row = {
-                "id": old.id,
-                "signal_type": old.signal_type,
-                "value": old.value,
-                "state": state,
-                "version": old.version + 1,
-                "published": old.published or state == STATE_APPROVED,
-            }
-            changed_records.append(row)
-            (revived_contribs if item.record_id in mine else new_contribs).append(contribution)
-        row["labels"] = _json_list(labels)
-        row["contributors"] = _json_list(contributors)
-        row["updated_at"] = now
-        versions.append((row, labels, contributors))
-        results[item.position] = {
+    def accept(self, item: Item, record: RecordState, *, new: bool = False) -> None:
+        (self.new if new else self.changed).append(record)
+        self.results[item.position] = {
             "index": item.position,
             "status": ACCEPTED,
-            "record": item.record_id,
+            "record": record.id,
         }
 
-    summary = _summary(statement, results)
-    if not versions:
-        summary["leaf_index"] = None
-        return summary
-    summary["leaf_index"] = batch.add_statement(statement)
-    for row, labels, contributors in versions:
-        fields = _version_fields(row, labels, contributors, statement.id, now)
-        row["head_idx"] = batch.add_version(fields, visible=row["state"] == STATE_APPROVED)
-    for c in (*new_contribs, *revived_contribs):
-        c["updated_idx"] = summary["leaf_index"]
-    await insert_rows(
-        conn, records, RECORD_COLUMNS, [tuple(r[c] for c in RECORD_COLUMNS) for r in new_records]
-    )
-    if changed_records:
-        await _update_records(conn, changed_records)
-    await insert_rows(
-        conn,
-        contributions,
-        CONTRIBUTION_COLUMNS,
-        [tuple(c[k] for k in CONTRIBUTION_COLUMNS) for c in new_contribs],
-    )
-    if revived_contribs:
-        await _update_contributions(conn, revived_contribs)
-    return summary
+    def duplicate(self, item: Item) -> None:
+        self.results[item.position] = {
+            "index": item.position, "status": DUPLICATE, "record": item.record_id,
+        }  # fmt: skip
+
+    def refuse(self, item: Item, err: HashfedError) -> None:
+        self.results[item.position] = _refusal(item.position, err)
+
+    def notify(
+        self, orgs: Iterable[str], record: str | None, dispute: str | None, kind: str,
+        **detail: Any,
+    ) -> None:  # fmt: skip
+        for org in sorted(set(orgs)):
+            self.notices.append((org, record, dispute, kind, detail))
+
+    def summary(self) -> dict[str, Any]:
+        done = [r for r in self.results if r is not None]
+        counts = {ACCEPTED: 0, DUPLICATE: 0, REFUSED: 0}
+        for r in done:
+            counts[r["status"]] += 1
+        return {"statement_id": self.statement.id, "counts": counts, "results": done}
+
+    @property
+    def any(self) -> bool:
+        return bool(self.new or self.changed or self.log_anyway)
+
+    async def write(self, conn: AsyncConnection, batch: LogBatch) -> int | None:
+        """Append the statement and its versions; write records, contributions, inboxes."""
+        if not self.any:
+            return None
+        leaf = batch.add_statement(self.statement)
+        cause, now = self.statement.id, self.now
+        for record in (*self.new, *self.changed):
+            self.head_idx[record.id] = batch.add_version(
+                record.version_fields(cause, now), visible=record.visible
+            )
+        await insert_rows(
+            conn, records, RECORD_COLUMNS,
+            [
+                (r.id, r.signal_type, r.value, r.state.value, _json_list(r.labels),
+                 _json_list(r.contributors), r.version, r.published, self.head_idx[r.id], now,
+                 now, _gov_json(r))
+                for r in self.new
+            ],
+        )  # fmt: skip
+        if self.changed:
+            await _update_records(conn, self.changed, self.head_idx, now)
+        await insert_rows(
+            conn, contributions, CONTRIBUTION_COLUMNS,
+            [(*c, leaf) for c in self.contributions_added],
+        )  # fmt: skip
+        if self.contributions_readded:
+            await _upsert_contributions(conn, [(*c, leaf) for c in self.contributions_readded])
+        if self.contributions_withdrawn:
+            await conn.execute(
+                update(contributions)
+                .where(
+                    and_(
+                        contributions.c.record_id == bindparam("b_record"),
+                        contributions.c.org_id == bindparam("b_org"),
+                    )
+                )
+                .values(status=CONTRIBUTION_WITHDRAWN, statement_id=cause, updated_idx=leaf),
+                [{"b_record": r, "b_org": o} for r, o in self.contributions_withdrawn],
+            )
+        for row in self.disputes_opened:
+            await conn.execute(disputes.insert().values(**row, opened_idx=leaf))
+        for row in self.disputes_voted:
+            resolved = {"resolved_idx": leaf} if row["state"] != "open" else {}
+            await conn.execute(
+                update(disputes)
+                .where(disputes.c.id == row["id"])
+                .values(state=row["state"], votes=row["votes"], **resolved)
+            )
+        await self._write_notices(conn, leaf)
+        return leaf
+
+    async def _write_notices(self, conn: AsyncConnection, leaf: int) -> None:
+        rows = []
+        seq: dict[tuple[str, int], int] = {}
+        for org, rid, dispute_id, kind, detail in self.notices:
+            idx = self.head_idx.get(rid, leaf) if rid else leaf
+            n = seq[(org, idx)] = seq.get((org, idx), -1) + 1
+            body = {"statement": self.statement.id, "by": self.statement.org, **detail}
+            rows.append((org, idx, n, kind, rid, dispute_id, orjson.dumps(body).decode()))
+        await insert_rows(conn, notifications, NOTIFICATION_COLUMNS, rows)
 
 
-async def _update_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    params = [
-        {
-            "b_id": r["id"],
-            "b_state": r["state"],
-            "b_labels": r["labels"],
-            "b_contributors": r["contributors"],
-            "b_version": r["version"],
-            "b_published": r["published"],
-            "b_head_idx": r["head_idx"],
-            "b_updated_at": r["updated_at"],
-        }
-        for r in rows
-    ]
+async def _update_records(
+    conn: AsyncConnection, changed: list[RecordState], head_idx: dict[str, int], now: int
+) -> None:
     stmt = (
         update(records)
         .where(records.c.id == bindparam("b_id"))
@@ -388,114 +524,216 @@ async def _update_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> 
             published=bindparam("b_published"),
             head_idx=bindparam("b_head_idx"),
             updated_at=bindparam("b_updated_at"),
-        )
-    )
-    await conn.execute(stmt, params)
-
-
-async def _update_contributions(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    stmt = (
-        update(contributions)
-        .where(
-            and_(
-                contributions.c.record_id == bindparam("b_record_id"),
-                contributions.c.org_id == bindparam("b_org_id"),
-            )
-        )
-        .values(
-            status=bindparam("b_status"),
-            labels=bindparam("b_labels"),
-            statement_id=bindparam("b_statement_id"),
-            note=bindparam("b_note"),
-            ref=bindparam("b_ref"),
-            updated_idx=bindparam("b_updated_idx"),
-        )
-    )
-    await conn.execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in rows])
-
-
-async def apply_withdrawals(
-    conn: AsyncConnection, batch: LogBatch, statement: SignedStatement, prepared: Prepared
-) -> dict[str, Any]:
-    """Withdraw the signer's contributions; a record whose last one goes becomes a tombstone."""
-    org = statement.org
-    now = int(time.time())
-    ids = [item.record_id for item in prepared.items]
-    existing = await _fetch_records(conn, ids)
-    active: dict[str, dict[str, list[str]]] = {}
-    for part in chunks([rid for rid in ids if rid in existing]):
-        rows = await conn.execute(
-            select(contributions.c.record_id, contributions.c.org_id, contributions.c.labels).where(
-                and_(
-                    contributions.c.record_id.in_(part),
-                    contributions.c.status == CONTRIBUTION_ACTIVE,
-                )
-            )
-        )
-        for r in rows:
-            active.setdefault(r.record_id, {})[r.org_id] = orjson.loads(r.labels)
-
-    changed: list[dict[str, Any]] = []
-    withdrawn: list[dict[str, Any]] = []
-    results = prepared.results
-    for item in prepared.items:
-        by_org = active.get(item.record_id, {})
-        if org not in by_org:
-            err = HashfedError(
-                Problem.NOT_CONTRIBUTOR,
-                f"{org!r} has no active contribution to {item.signal_type} {item.value}",
-            )
-            results[item.position] = _refusal(item.position, err)
-            continue
-        old = existing[item.record_id]
-        del by_org[org]
-        remaining = sorted(by_org)
-        labels = sorted({label for ls in by_org.values() for label in ls})
-        row = {
-            "id": old.id,
-            "signal_type": old.signal_type,
-            "value": old.value,
-            "state": old.state if remaining else STATE_WITHDRAWN,
-            "version": old.version + 1,
-            "published": old.published,
-            "labels": _json_list(labels),
-            "contributors": _json_list(remaining),
-            "updated_at": now,
-        }
-        changed.append(row)
-        withdrawn.append({"record_id": old.id, "org_id": org})
-        results[item.position] = {"index": item.position, "status": ACCEPTED, "record": old.id}
-
-    summary = _summary(statement, results)
-    if not changed:
-        summary["leaf_index"] = None
-        return summary
-    summary["leaf_index"] = batch.add_statement(statement)
-    for row in changed:
-        # A tombstone reaches consumers only if they were shown the record.
-        visible = row["state"] == STATE_APPROVED or (
-            row["state"] in TOMBSTONE_STATES and bool(row["published"])
-        )
-        fields = _version_fields(
-            row, orjson.loads(row["labels"]), orjson.loads(row["contributors"]), statement.id, now
-        )
-        row["head_idx"] = batch.add_version(fields, visible=visible)
-    await _update_records(conn, changed)
-    stmt = (
-        update(contributions)
-        .where(
-            and_(
-                contributions.c.record_id == bindparam("b_record_id"),
-                contributions.c.org_id == bindparam("b_org_id"),
-            )
-        )
-        .values(
-            status=CONTRIBUTION_WITHDRAWN,
-            statement_id=statement.id,
-            updated_idx=summary["leaf_index"],
+            gov=bindparam("b_gov"),
         )
     )
     await conn.execute(
-        stmt, [{"b_record_id": w["record_id"], "b_org_id": w["org_id"]} for w in withdrawn]
+        stmt,
+        [
+            {
+                "b_id": r.id,
+                "b_state": r.state.value,
+                "b_labels": _json_list(r.labels),
+                "b_contributors": _json_list(r.contributors),
+                "b_version": r.version,
+                "b_published": r.published,
+                "b_head_idx": head_idx[r.id],
+                "b_updated_at": now,
+                "b_gov": _gov_json(r),
+            }
+            for r in changed
+        ],
     )
+
+
+async def _upsert_contributions(conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
+    values = [dict(zip(CONTRIBUTION_COLUMNS, row, strict=True)) for row in rows]
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(contributions).values(values)
+    excluded = stmt.excluded
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["record_id", "org_id"],
+            set_={c: getattr(excluded, c) for c in CONTRIBUTION_COLUMNS[2:]},
+        )
+    )
+
+
+# ------------------------------------------------------------------ applying
+
+
+async def apply_record_statement(
+    conn: AsyncConnection,
+    batch: LogBatch,
+    statement: SignedStatement,
+    principal: Principal,
+    prepared: Prepared,
+    policy: PolicyInForce,
+) -> dict[str, Any]:
+    """Apply a validated record statement inside the append transaction."""
+    changes = Changes(statement, int(time.time()), prepared.results)
+    stype = statement.type
+    if stype == StatementType.DISPUTE_RESOLVE:
+        await _resolve(conn, changes, principal, prepared, policy)
+    else:
+        states = await load_states(conn, [item.record_id for item in prepared.items])
+        handler = _HANDLERS[StatementType(stype)]
+        for item in prepared.items:
+            try:
+                await handler(conn, changes, principal, item, states, policy)
+            except HashfedError as err:
+                if stype == StatementType.DISPUTE_OPEN:
+                    raise  # a single-record statement is refused whole
+                changes.refuse(item, err)
+    leaf = await changes.write(conn, batch)
+    summary = changes.summary()
+    summary["leaf_index"] = leaf
     return summary
+
+
+_Handler = Callable[
+    [AsyncConnection, Changes, Principal, Item, dict[str, RecordState], PolicyInForce], Any
+]
+
+
+def _existing(item: Item, states: dict[str, RecordState]) -> RecordState:
+    record = states.get(item.record_id)
+    if record is None:
+        raise HashfedError(Problem.NOT_FOUND, f"no record {item.record_id}")
+    return record
+
+
+async def _submit(
+    conn: AsyncConnection, ch: Changes, who: Principal, item: Item,
+    states: dict[str, RecordState], policy: PolicyInForce,
+) -> None:  # fmt: skip
+    record = states.get(item.record_id)
+    is_new = record is None
+    if record is None:
+        record = machine.new_record(item.record_id, item.signal_type, item.value)
+    if not machine.submit(record, who.org_id, who.roles, item.labels, policy.rules):
+        ch.duplicate(item)
+        return
+    states[record.id] = record
+    ch.accept(item, record, new=is_new)
+    row = (record.id, who.org_id, CONTRIBUTION_ACTIVE, _json_list(item.labels), ch.statement.id,
+           item.note, item.ref)  # fmt: skip
+    (ch.contributions_added if is_new else ch.contributions_readded).append(row)
+
+
+async def _withdraw(
+    conn: AsyncConnection, ch: Changes, who: Principal, item: Item,
+    states: dict[str, RecordState], policy: PolicyInForce,
+) -> None:  # fmt: skip
+    record = states.get(item.record_id)
+    if record is None:
+        raise HashfedError(
+            Problem.NOT_CONTRIBUTOR, f"{who.org_id!r} has no contribution to {item.value}"
+        )
+    machine.withdraw(record, who.org_id, who.roles)
+    ch.accept(item, record)
+    ch.contributions_withdrawn.append((record.id, who.org_id))
+
+
+async def _review(
+    conn: AsyncConnection, ch: Changes, who: Principal, item: Item,
+    states: dict[str, RecordState], policy: PolicyInForce,
+) -> None:  # fmt: skip
+    record = _existing(item, states)
+    assert item.action is not None
+    if not machine.review(record, who.org_id, who.roles, item.action, policy.rules):
+        ch.duplicate(item)
+        return
+    ch.accept(item, record)
+    ch.notify(
+        record.contributions, record.id, None, f"review.{item.action.value}",
+        state=record.state.value, reason=item.reason, note=item.note,
+        approvals=len(record.approvals), required=policy.rules.approvals_required,
+    )  # fmt: skip
+
+
+async def _opinion(
+    conn: AsyncConnection, ch: Changes, who: Principal, item: Item,
+    states: dict[str, RecordState], policy: PolicyInForce,
+) -> None:  # fmt: skip
+    record = _existing(item, states)
+    assert item.kind is not None
+    was = record.disputed
+    if not machine.opine(record, who.org_id, who.roles, item.kind):
+        ch.duplicate(item)
+        return
+    ch.accept(item, record)
+    if record.disputed and not was:
+        ch.notify(
+            record.contributions,
+            record.id,
+            None,
+            "record.flagged",
+            opinions=record.opinion_counts(),
+        )
+
+
+async def _dispute(
+    conn: AsyncConnection, ch: Changes, who: Principal, item: Item,
+    states: dict[str, RecordState], policy: PolicyInForce,
+) -> None:  # fmt: skip
+    record = _existing(item, states)
+    dispute = Dispute(id=ch.statement.id[:32], record=record.id, opened_by=who.org_id,
+                      reason=str(item.reason))  # fmt: skip
+    machine.open_dispute(record, dispute, who.roles)
+    ch.accept(item, record)
+    ch.notify(
+        [*record.contributions, who.org_id], record.id, dispute.id, "dispute.opened",
+        reason=dispute.reason, note=item.note,
+    )  # fmt: skip
+    ch.disputes_opened.append(
+        {"id": dispute.id, "record_id": record.id, "opened_by": who.org_id,
+         "reason": dispute.reason, "note": item.note or "", "state": "open", "votes": "{}"}
+    )  # fmt: skip
+    ch.results[0] = {**(ch.results[0] or {}), "dispute": dispute.id}
+
+
+async def _resolve(
+    conn: AsyncConnection, ch: Changes, who: Principal, prepared: Prepared, policy: PolicyInForce
+) -> None:
+    extra = prepared.extra
+    row = (await conn.execute(select(disputes).where(disputes.c.id == extra["dispute"]))).first()
+    if row is None:
+        raise HashfedError(Problem.NOT_FOUND, f"no dispute {extra['dispute']}")
+    states = await load_states(conn, [row.record_id])
+    record = states[row.record_id]
+    dispute = Dispute(
+        id=row.id, record=row.record_id, opened_by=row.opened_by, reason=row.reason,
+        state=row.state, tally=Tally(orjson.loads(row.votes)),
+    )  # fmt: skip
+    decided = machine.resolve_dispute(
+        record, dispute, who.org_id, who.roles, extra["outcome"], extra["labels"], policy.rules
+    )
+    item = Item(0, record.id)
+    ch.results.append(None)
+    parties = [*record.contributions, dispute.opened_by]
+    ch.log_anyway = True
+    ch.disputes_voted.append(
+        {"id": dispute.id, "state": dispute.state,
+         "votes": orjson.dumps(dict(dispute.tally.votes)).decode()}
+    )  # fmt: skip
+    if decided:
+        ch.accept(item, record)
+        ch.notify(parties, record.id, dispute.id, "dispute.resolved", outcome=dispute.state,
+                  labels=record.labels, note=extra["note"])  # fmt: skip
+    else:
+        # A vote short of quorum changes no record but is still a logged statement.
+        ch.results[0] = {"index": 0, "status": ACCEPTED, "record": record.id}
+        ch.notify(parties, record.id, dispute.id, "dispute.vote",
+                  outcome=extra["outcome"].value, votes=len(dispute.tally.votes),
+                  quorum=policy.rules.dispute_quorum, note=extra["note"])  # fmt: skip
+    ch.results[0] = {**(ch.results[0] or {}), "dispute": dispute.id, "dispute_state": dispute.state}
+
+
+_HANDLERS: dict[StatementType, _Handler] = {
+    StatementType.SUBMISSIONS: _submit,
+    StatementType.WITHDRAWALS: _withdraw,
+    StatementType.REVIEWS: _review,
+    StatementType.OPINIONS: _opinion,
+    StatementType.DISPUTE_OPEN: _dispute,
+}

@@ -107,6 +107,9 @@ records = Table(
     Column("head_idx", BigInteger, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # Governance state: approvals, opinions, open disputes, relabelling (JSON object).
+    Column("gov", Text, nullable=False, server_default="{}"),
+    Index("ix_records_state_head_idx", "state", "head_idx"),
 )
 
 contributions = Table(
@@ -150,4 +153,41 @@ checkpoints = Table(
     Column("root_hash", LargeBinary(32), nullable=False),
     Column("note", Text, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+)
+
+# The federation's policy, one row per version (each set by a signed statement).
+policies = Table(
+    "policies",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("document", Text, nullable=False),
+    Column("statement_id", String(64), nullable=False),
+    Column("leaf_idx", BigInteger, nullable=False),
+)
+
+disputes = Table(
+    "disputes",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("record_id", String(32), nullable=False, index=True),
+    Column("opened_by", String(64), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("state", String(16), nullable=False),  # open | upheld | retracted
+    Column("votes", Text, nullable=False),  # JSON: org -> choice
+    Column("opened_idx", BigInteger, nullable=False),
+    Column("resolved_idx", BigInteger),
+)
+
+# Each organisation's inbox: what happened to its submissions and disputes.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("org_id", String(64), primary_key=True),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),  # log index of the cause
+    Column("seq", SmallInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(32), nullable=False),
+    Column("record_id", String(32)),
+    Column("dispute_id", String(32)),
+    Column("detail", Text, nullable=False),  # JSON object
 )

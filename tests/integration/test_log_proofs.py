@@ -33,7 +33,7 @@ async def test_checkpoints_and_proofs(fed: Federation) -> None:
     member = await fed.admit("acme")
     async with fed.client(fed.governance) as gov, fed.client(member) as client:
         size1, root1 = await checkpoint(client, fed)
-        assert size1 == 2  # genesis, admission
+        assert size1 == 3  # genesis, first policy, admission
         for batch in range(3):
             await client.submit(
                 [{"signal_type": "md5", "value": f"{batch:02x}{i:030x}", "labels": ["instruction"]}

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from clients.client import FederationClient, Identity
+from clients.client import FederationClient
 from clients.errors import (
     FederationError,
     MalformedRequest,
@@ -20,12 +20,10 @@ from clients.errors import (
     StatementStale,
     StatementWrongType,
 )
-from federation.api.app import create_app
 from federation.log.feed import encode_cursor, log_size
 from federation.protocol.problems import Problem
 from federation.protocol.signals import record_id
 from federation.protocol.statements import DOMAIN_TAG, SignedStatement, canonical_json
-from federation.settings import Settings
 from federation.store.schema import contributions, records
 from tests.conftest import Federation
 
@@ -237,26 +235,17 @@ async def test_feed_refuses_bad_cursor_and_limit(fed: Federation, members: Any) 
 
 async def test_pending_records_stay_out_of_the_feed(fed: Federation, members: Any) -> None:
     """With auto-approve off, submissions wait for review and consumers see nothing."""
-    from aiohttp.test_utils import TestServer
-
-    settings = Settings(
-        data_dir=fed.settings.data_dir, database_url=fed.settings.database_url, auto_approve=False
-    )
-    server = TestServer(create_app(settings, fed.db), host="127.0.0.1")
-    await server.start_server()
-    try:
-        a_identity: Identity = members[0].identity
-        async with FederationClient(str(server.make_url("")), a_identity) as a:
-            result = await a.submit([item()])
-            assert result["counts"]["accepted"] == 1
-            assert (await a.feed_page())["items"] == []
-            record = await a.get_record(record_id("md5", MD5))
-            assert record["state"] == "pending"  # the contributor sees its own
-            # A pending record withdrawn never reached consumers: no tombstone for them.
-            await a.withdraw([{"signal_type": "md5", "value": MD5}])
-            assert (await a.feed_page())["items"] == []
-    finally:
-        await server.close()
+    a, _ = members
+    async with fed.client(fed.governance) as gov:
+        await gov.update_policy(auto_approve=False)
+    result = await a.submit([item()])
+    assert result["counts"]["accepted"] == 1
+    assert (await a.feed_page())["items"] == []
+    record = await a.get_record(record_id("md5", MD5))
+    assert record["state"] == "pending"  # the contributor sees its own
+    # A pending record withdrawn never reached consumers: no tombstone for them.
+    await a.withdraw([{"signal_type": "md5", "value": MD5}])
+    assert (await a.feed_page())["items"] == []
 
 
 async def test_statement_ids_are_sha256_of_signed_bytes(members: Any) -> None:

@@ -1,0 +1,1 @@
+"""Governance: policy, review, opinions, disputes."""
