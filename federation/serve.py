@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import sys
+import threading
+import time
 from types import FrameType
 
 from aiohttp import web
@@ -16,9 +19,15 @@ from federation.store.engine import is_sqlite
 from federation.store.migrate import upgrade_to_head
 
 log = logging.getLogger("hashfed.server")
+PARENT_CHECK_S = 1.0
 
 
-def _run_worker(settings: Settings, reuse_port: bool) -> None:
+def _run_worker(settings: Settings, reuse_port: bool, own_session: bool = False) -> None:
+    if own_session:
+        # Only the parent gets terminal and process-group signals and forwards each
+        # once: a second signal would cut graceful shutdown short.
+        os.setsid()
+        _watch_parent()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(process)d %(levelname)s %(message)s"
     )
@@ -31,6 +40,18 @@ def _run_worker(settings: Settings, reuse_port: bool) -> None:
         print=None,
         access_log=log if settings.log_level == "DEBUG" else None,
     )
+
+
+def _watch_parent() -> None:
+    """Shut this worker down gracefully if its parent dies (e.g. SIGKILL)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def run_server(settings: Settings) -> None:
@@ -53,7 +74,7 @@ def run_server(settings: Settings) -> None:
         return
     ctx = multiprocessing.get_context("spawn")
     workers = [
-        ctx.Process(target=_run_worker, args=(settings, True), daemon=False)
+        ctx.Process(target=_run_worker, args=(settings, True, True), daemon=False)
         for _ in range(settings.workers)
     ]
     for w in workers:
@@ -62,16 +83,10 @@ def run_server(settings: Settings) -> None:
     def forward(signum: int, _frame: FrameType | None) -> None:
         for w in workers:
             if w.is_alive() and w.pid is not None:
-                w.terminate() if signum == signal.SIGTERM else _interrupt(w.pid)
+                os.kill(w.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     for w in workers:
         w.join()
     sys.exit(max((w.exitcode or 0) for w in workers))
-
-
-def _interrupt(pid: int) -> None:
-    import os
-
-    os.kill(pid, signal.SIGINT)

@@ -562,6 +562,36 @@ async def _upsert_contributions(conn: AsyncConnection, rows: list[tuple[Any, ...
 # ------------------------------------------------------------------ applying
 
 
+def apply_items(
+    statement: SignedStatement,
+    principal: Principal,
+    prepared: Prepared,
+    states: dict[str, RecordState],
+    open_disputes: dict[str, Dispute],
+    policy: PolicyInForce,
+    now: int,
+) -> Changes:
+    """Apply a validated record statement to in-memory states: pure, shared with the auditor.
+
+    ``states`` must hold every existing record the statement names and
+    ``open_disputes`` the dispute a resolution names; both are updated.
+    """
+    changes = Changes(statement, now, prepared.results)
+    stype = StatementType(statement.type)
+    if stype == StatementType.DISPUTE_RESOLVE:
+        _resolve(changes, principal, prepared, states, open_disputes, policy)
+        return changes
+    handler = _HANDLERS[stype]
+    for item in prepared.items:
+        try:
+            handler(changes, principal, item, states, open_disputes, policy)
+        except HashfedError as err:
+            if stype == StatementType.DISPUTE_OPEN:
+                raise  # a single-record statement is refused whole
+            changes.refuse(item, err)
+    return changes
+
+
 async def apply_record_statement(
     conn: AsyncConnection,
     batch: LogBatch,
@@ -571,28 +601,33 @@ async def apply_record_statement(
     policy: PolicyInForce,
 ) -> dict[str, Any]:
     """Apply a validated record statement inside the append transaction."""
-    changes = Changes(statement, int(time.time()), prepared.results)
-    stype = statement.type
-    if stype == StatementType.DISPUTE_RESOLVE:
-        await _resolve(conn, changes, principal, prepared, policy)
+    found: dict[str, Dispute] = {}
+    if statement.type == StatementType.DISPUTE_RESOLVE:
+        dispute = await load_dispute(conn, prepared.extra["dispute"])
+        ids = [dispute.record]
+        found[dispute.id] = dispute
     else:
-        states = await load_states(conn, [item.record_id for item in prepared.items])
-        handler = _HANDLERS[StatementType(stype)]
-        for item in prepared.items:
-            try:
-                await handler(conn, changes, principal, item, states, policy)
-            except HashfedError as err:
-                if stype == StatementType.DISPUTE_OPEN:
-                    raise  # a single-record statement is refused whole
-                changes.refuse(item, err)
+        ids = [item.record_id for item in prepared.items]
+    states = await load_states(conn, ids)
+    changes = apply_items(statement, principal, prepared, states, found, policy, int(time.time()))
     leaf = await changes.write(conn, batch)
     summary = changes.summary()
     summary["leaf_index"] = leaf
     return summary
 
 
+async def load_dispute(conn: AsyncConnection, dispute_id: str) -> Dispute:
+    row = (await conn.execute(select(disputes).where(disputes.c.id == dispute_id))).first()
+    if row is None:
+        raise HashfedError(Problem.NOT_FOUND, f"no dispute {dispute_id}")
+    return Dispute(
+        id=row.id, record=row.record_id, opened_by=row.opened_by, reason=row.reason,
+        state=row.state, tally=Tally(orjson.loads(row.votes)),
+    )  # fmt: skip
+
+
 _Handler = Callable[
-    [AsyncConnection, Changes, Principal, Item, dict[str, RecordState], PolicyInForce], Any
+    [Changes, Principal, Item, dict[str, RecordState], dict[str, Dispute], PolicyInForce], None
 ]
 
 
@@ -603,9 +638,9 @@ def _existing(item: Item, states: dict[str, RecordState]) -> RecordState:
     return record
 
 
-async def _submit(
-    conn: AsyncConnection, ch: Changes, who: Principal, item: Item,
-    states: dict[str, RecordState], policy: PolicyInForce,
+def _submit(
+    ch: Changes, who: Principal, item: Item, states: dict[str, RecordState],
+    _disputes: dict[str, Dispute], policy: PolicyInForce,
 ) -> None:  # fmt: skip
     record = states.get(item.record_id)
     is_new = record is None
@@ -621,9 +656,9 @@ async def _submit(
     (ch.contributions_added if is_new else ch.contributions_readded).append(row)
 
 
-async def _withdraw(
-    conn: AsyncConnection, ch: Changes, who: Principal, item: Item,
-    states: dict[str, RecordState], policy: PolicyInForce,
+def _withdraw(
+    ch: Changes, who: Principal, item: Item, states: dict[str, RecordState],
+    _disputes: dict[str, Dispute], policy: PolicyInForce,
 ) -> None:  # fmt: skip
     record = states.get(item.record_id)
     if record is None:
@@ -635,9 +670,9 @@ async def _withdraw(
     ch.contributions_withdrawn.append((record.id, who.org_id))
 
 
-async def _review(
-    conn: AsyncConnection, ch: Changes, who: Principal, item: Item,
-    states: dict[str, RecordState], policy: PolicyInForce,
+def _review(
+    ch: Changes, who: Principal, item: Item, states: dict[str, RecordState],
+    _disputes: dict[str, Dispute], policy: PolicyInForce,
 ) -> None:  # fmt: skip
     record = _existing(item, states)
     assert item.action is not None
@@ -652,9 +687,9 @@ async def _review(
     )  # fmt: skip
 
 
-async def _opinion(
-    conn: AsyncConnection, ch: Changes, who: Principal, item: Item,
-    states: dict[str, RecordState], policy: PolicyInForce,
+def _opinion(
+    ch: Changes, who: Principal, item: Item, states: dict[str, RecordState],
+    _disputes: dict[str, Dispute], policy: PolicyInForce,
 ) -> None:  # fmt: skip
     record = _existing(item, states)
     assert item.kind is not None
@@ -664,23 +699,19 @@ async def _opinion(
         return
     ch.accept(item, record)
     if record.disputed and not was:
-        ch.notify(
-            record.contributions,
-            record.id,
-            None,
-            "record.flagged",
-            opinions=record.opinion_counts(),
-        )
+        ch.notify(record.contributions, record.id, None, "record.flagged",
+                  opinions=record.opinion_counts())  # fmt: skip
 
 
-async def _dispute(
-    conn: AsyncConnection, ch: Changes, who: Principal, item: Item,
-    states: dict[str, RecordState], policy: PolicyInForce,
+def _dispute(
+    ch: Changes, who: Principal, item: Item, states: dict[str, RecordState],
+    open_disputes: dict[str, Dispute], policy: PolicyInForce,
 ) -> None:  # fmt: skip
     record = _existing(item, states)
     dispute = Dispute(id=ch.statement.id[:32], record=record.id, opened_by=who.org_id,
                       reason=str(item.reason))  # fmt: skip
     machine.open_dispute(record, dispute, who.roles)
+    open_disputes[dispute.id] = dispute
     ch.accept(item, record)
     ch.notify(
         [*record.contributions, who.org_id], record.id, dispute.id, "dispute.opened",
@@ -693,25 +724,22 @@ async def _dispute(
     ch.results[0] = {**(ch.results[0] or {}), "dispute": dispute.id}
 
 
-async def _resolve(
-    conn: AsyncConnection, ch: Changes, who: Principal, prepared: Prepared, policy: PolicyInForce
-) -> None:
+def _resolve(
+    ch: Changes, who: Principal, prepared: Prepared, states: dict[str, RecordState],
+    open_disputes: dict[str, Dispute], policy: PolicyInForce,
+) -> None:  # fmt: skip
     extra = prepared.extra
-    row = (await conn.execute(select(disputes).where(disputes.c.id == extra["dispute"]))).first()
-    if row is None:
+    dispute = open_disputes.get(extra["dispute"])
+    if dispute is None or dispute.record not in states:
         raise HashfedError(Problem.NOT_FOUND, f"no dispute {extra['dispute']}")
-    states = await load_states(conn, [row.record_id])
-    record = states[row.record_id]
-    dispute = Dispute(
-        id=row.id, record=row.record_id, opened_by=row.opened_by, reason=row.reason,
-        state=row.state, tally=Tally(orjson.loads(row.votes)),
-    )  # fmt: skip
+    record = states[dispute.record]
     decided = machine.resolve_dispute(
         record, dispute, who.org_id, who.roles, extra["outcome"], extra["labels"], policy.rules
     )
     item = Item(0, record.id)
     ch.results.append(None)
     parties = [*record.contributions, dispute.opened_by]
+    # Every vote is a logged statement, even one short of quorum that changes no record.
     ch.log_anyway = True
     ch.disputes_voted.append(
         {"id": dispute.id, "state": dispute.state,
@@ -722,7 +750,6 @@ async def _resolve(
         ch.notify(parties, record.id, dispute.id, "dispute.resolved", outcome=dispute.state,
                   labels=record.labels, note=extra["note"])  # fmt: skip
     else:
-        # A vote short of quorum changes no record but is still a logged statement.
         ch.results[0] = {"index": 0, "status": ACCEPTED, "record": record.id}
         ch.notify(parties, record.id, dispute.id, "dispute.vote",
                   outcome=extra["outcome"].value, votes=len(dispute.tally.votes),

@@ -55,6 +55,11 @@ class Database:
         reader paging by ``idx`` never sees a later leaf before an earlier one.
         """
         async with self._append_lock, self.engine.begin() as conn:
+            if self.is_sqlite:
+                # SQLite ignores FOR UPDATE and the driver defers BEGIN to the first
+                # write: take the write lock now, so appenders in other processes
+                # on the same file wait here instead of reading a stale size.
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
             size = (
                 await conn.execute(
                     select(log_head.c.size).where(log_head.c.id == 1).with_for_update()
