@@ -5,6 +5,11 @@ from __future__ import annotations
 import click
 
 from clients.cli.context import Ctx
+from clients.cli.governance import COMMANDS as GOVERNANCE_COMMANDS
+from clients.cli.keys import keys
+from clients.cli.orgs import orgs
+from clients.cli.profile import profile
+from clients.cli.push import push
 from clients.cli.server import server
 
 
@@ -19,7 +24,17 @@ def cli(ctx: click.Context, profile_name: str | None, as_json: bool) -> None:
 
 
 cli.add_command(server)
+for command in GOVERNANCE_COMMANDS:
+    cli.add_command(command)
+cli.add_command(keys)
+cli.add_command(orgs)
+cli.add_command(profile)
+cli.add_command(push)
 
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -33,17 +33,22 @@ from federation.governance.rules import (
 )
 from federation.identities.service import Principal
 from federation.log.append import LogBatch
+from federation.protocol.items import (
+    MAX_ITEMS_PER_STATEMENT,
+    MAX_NOTE_CHARS,
+    SIGNAL_MEMBERS,
+    bounded_text,
+    check_members,
+    parse_labels,
+    parse_signal,
+    parse_submission,
+)
 from federation.protocol.problems import HashfedError, Problem
-from federation.protocol.signals import normalize_signal, record_id
 from federation.protocol.statements import SignedStatement, StatementType
 from federation.protocol.taxonomy import Taxonomy
 from federation.store.bulk import insert_rows
 from federation.store.db import chunks
 from federation.store.schema import contributions, disputes, notifications, records
-
-MAX_ITEMS_PER_STATEMENT = 100_000
-MAX_NOTE_CHARS = 2000
-MAX_REF_CHARS = 256
 
 CONTRIBUTION_ACTIVE = "active"
 CONTRIBUTION_WITHDRAWN = "withdrawn"
@@ -87,8 +92,6 @@ _STATEMENT_KEYS = {
     StatementType.DISPUTE_OPEN: _HEADER_KEYS | {"record", "reason", "note"},
     StatementType.DISPUTE_RESOLVE: _HEADER_KEYS | {"dispute", "outcome", "labels", "note"},
 }
-_SUBMISSION_KEYS = frozenset({"signal_type", "value", "labels", "note", "ref"})
-_WITHDRAWAL_KEYS = frozenset({"signal_type", "value"})
 _REVIEW_KEYS = frozenset({"record", "decision", "reason", "note"})
 _OPINION_KEYS = frozenset({"record", "kind"})
 _DECISIONS = {"approve": Action.APPROVE, "reject": Action.REJECT,
@@ -156,40 +159,6 @@ def _items_of(statement: SignedStatement) -> list[Any]:
     return items
 
 
-def _text(raw: dict[str, Any], key: str, limit: int, *, required: bool = False) -> str | None:
-    value = raw.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or len(value) > limit or (required and not value.strip()):
-        raise HashfedError(
-            Problem.MALFORMED_REQUEST,
-            f"'{key}' must be a {'non-empty ' if required else ''}string of at most {limit} "
-            "characters",
-        )
-    return value
-
-
-def _object(raw: Any, allowed: frozenset[str]) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise HashfedError(Problem.MALFORMED_REQUEST, "an item must be a JSON object")
-    unknown = raw.keys() - allowed
-    if unknown:
-        raise HashfedError(
-            Problem.MALFORMED_REQUEST, f"unknown member(s) in item: {', '.join(sorted(unknown))}"
-        )
-    return raw
-
-
-def _signal_of(raw: dict[str, Any]) -> tuple[str, str, str]:
-    signal_type, value = raw.get("signal_type"), raw.get("value")
-    if not isinstance(signal_type, str) or not isinstance(value, str):
-        raise HashfedError(
-            Problem.MALFORMED_REQUEST, "an item needs string members 'signal_type' and 'value'"
-        )
-    normalized = normalize_signal(signal_type, value)
-    return signal_type, normalized, record_id(signal_type, normalized)
-
-
 def _record_ref(raw: dict[str, Any], key: str = "record") -> str:
     rid = raw.get(key)
     if not isinstance(rid, str) or len(rid) != 32 or not all(c in "0123456789abcdef" for c in rid):
@@ -205,18 +174,6 @@ def _choice(raw: dict[str, Any], key: str, choices: Iterable[str]) -> str:
             Problem.MALFORMED_REQUEST, f"'{key}' must be one of {', '.join(options)}; got {value!r}"
         )
     return str(value)
-
-
-def _labels(
-    raw: Any, taxonomy: Taxonomy, cache: dict[tuple[str, ...], tuple[str, ...]]
-) -> tuple[str, ...]:
-    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-        raise HashfedError(Problem.MALFORMED_REQUEST, "'labels' must be a list of strings")
-    key = tuple(raw)
-    checked = cache.get(key)
-    if checked is None:
-        checked = cache[key] = taxonomy.validate(raw)
-    return checked
 
 
 def _each(statement: SignedStatement, parse: Callable[[int, Any], Item]) -> Prepared:
@@ -245,13 +202,10 @@ def prepare(statement: SignedStatement, taxonomy: Taxonomy) -> Prepared:
     if stype == StatementType.SUBMISSIONS:
 
         def submission(position: int, raw: Any) -> Item:
-            raw = _object(raw, _SUBMISSION_KEYS)
-            signal_type, value, rid = _signal_of(raw)
+            checked = parse_submission(raw, taxonomy, cache)
             return Item(
-                position, rid, signal_type, value,
-                labels=_labels(raw.get("labels"), taxonomy, cache),
-                note=_text(raw, "note", MAX_NOTE_CHARS),
-                ref=_text(raw, "ref", MAX_REF_CHARS),
+                position, checked.record_id, checked.signal_type, checked.value,
+                labels=checked.labels, note=checked.note, ref=checked.ref,
             )  # fmt: skip
 
         return _each(statement, submission)
@@ -261,28 +215,30 @@ def prepare(statement: SignedStatement, taxonomy: Taxonomy) -> Prepared:
             raise HashfedError(Problem.STATEMENT_MALFORMED, "'reason' must be a short string")
 
         def withdrawal(position: int, raw: Any) -> Item:
-            signal_type, value, rid = _signal_of(_object(raw, _WITHDRAWAL_KEYS))
+            signal_type, value, rid = parse_signal(check_members(raw, SIGNAL_MEMBERS))
             return Item(position, rid, signal_type, value)
 
         return _each(statement, withdrawal)
     if stype == StatementType.REVIEWS:
 
         def decision(position: int, raw: Any) -> Item:
-            raw = _object(raw, _REVIEW_KEYS)
+            raw = check_members(raw, _REVIEW_KEYS)
             action = _DECISIONS[_choice(raw, "decision", _DECISIONS)]
             reason = None
             if action == Action.REJECT:
                 reason = _choice(raw, "reason", (r.value for r in RejectReason))
             elif raw.get("reason") is not None:
                 raise HashfedError(Problem.MALFORMED_REQUEST, "'reason' goes with reject only")
-            note = _text(raw, "note", MAX_NOTE_CHARS, required=action == Action.REQUEST_CHANGES)
+            note = bounded_text(
+                raw, "note", MAX_NOTE_CHARS, required=action == Action.REQUEST_CHANGES
+            )
             return Item(position, _record_ref(raw), action=action, reason=reason, note=note)
 
         return _each(statement, decision)
     if stype == StatementType.OPINIONS:
 
         def opinion(position: int, raw: Any) -> Item:
-            raw = _object(raw, _OPINION_KEYS)
+            raw = check_members(raw, _OPINION_KEYS)
             kind = OpinionKind(_choice(raw, "kind", (k.value for k in OpinionKind)))
             return Item(position, _record_ref(raw), kind=kind)
 
@@ -305,7 +261,7 @@ def _prepare_single(
     if stype == StatementType.DISPUTE_OPEN:
         rid = _record_ref(payload)
         reason = _choice(payload, "reason", (r.value for r in DisputeReason))
-        note = _text(payload, "note", MAX_NOTE_CHARS, required=True)
+        note = bounded_text(payload, "note", MAX_NOTE_CHARS, required=True)
         return Prepared([Item(0, rid, reason=reason, note=note)], [None])
     if stype == StatementType.DISPUTE_RESOLVE:
         dispute_id = _record_ref(payload, "dispute")
@@ -313,8 +269,8 @@ def _prepare_single(
         labels = payload.get("labels")
         if labels is not None and outcome != Action.UPHOLD:
             raise HashfedError(Problem.MALFORMED_REQUEST, "'labels' go with uphold only")
-        checked = None if labels is None else _labels(labels, taxonomy, cache)
-        note = _text(payload, "note", MAX_NOTE_CHARS, required=True)
+        checked = None if labels is None else parse_labels(labels, taxonomy, cache)
+        note = bounded_text(payload, "note", MAX_NOTE_CHARS, required=True)
         return Prepared(
             [], [], extra={"dispute": dispute_id, "outcome": outcome, "labels": checked,
                            "note": note},
