@@ -155,7 +155,7 @@ class FederationClient:
                     data = await resp.read()
                     if resp.status < 400:
                         return Response(resp.status, dict(resp.headers), data)
-                    error = _error(resp.status, resp.headers.get("Content-Type", ""), data)
+                    error = error_for(resp.status, resp.headers.get("Content-Type", ""), data)
                     if resp.status not in RETRY_STATUSES or attempt > self.retries:
                         raise error
                     delay = _retry_after(resp.headers.get("Retry-After"))
@@ -216,7 +216,9 @@ class FederationClient:
             url, headers=self.signed_headers("GET", url, None, extra)
         ) as resp:
             if resp.status >= 400:
-                raise _error(resp.status, resp.headers.get("Content-Type", ""), await resp.read())
+                raise error_for(
+                    resp.status, resp.headers.get("Content-Type", ""), await resp.read()
+                )
             ended = False
             try:
                 async for line in resp.content:
@@ -372,7 +374,8 @@ class FederationClient:
         return result
 
 
-def _error(status: int, content_type: str, body: bytes) -> FederationError:
+def error_for(status: int, content_type: str, body: bytes) -> FederationError:
+    """The typed exception for an error response."""
     if content_type.startswith(PROBLEM_CONTENT_TYPE) or content_type.startswith("application/json"):
         try:
             document = orjson.loads(body)

@@ -17,6 +17,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from federation.governance.policy import apply_policy_set, current_policy
+from federation.governance.rules import check_may_sign
 from federation.identities.service import (
     Principal,
     apply_genesis,
@@ -105,6 +106,7 @@ class Intake:
                 f"statement names organisation {statement.org!r} but the request is from "
                 f"{principal.org_id!r}",
             )
+        check_may_sign(statement.type, principal.roles)
         if check is not None:
             check(statement)
         async with self.db.reading() as conn:

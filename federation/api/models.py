@@ -23,6 +23,7 @@ __all__ = [
     "OrgList",
     "OrgOut",
     "ProblemDetails",
+    "RecordList",
     "RecordOut",
     "RecordVersion",
     "StatementResult",
@@ -160,6 +161,11 @@ class RecordOut(_Out):
     head_index: int
     created_at: int
     updated_at: int
+
+
+class RecordList(_Out):
+    records: list[RecordOut]
+    next: str | None = Field(description="Pass as 'after' for the next page")
 
 
 class Me(_Out):

@@ -5,15 +5,16 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from federation.api.context import DB, INTAKE
-from federation.api.routes import READERS, Route, int_query, json_response
+from federation.api.routes import NDJSON, READERS, Route, int_query, json_response
 from federation.auth.middleware import principal_of
 from federation.log.checkpoints import checkpoint_at, latest_checkpoint
-from federation.log.feed import log_size
+from federation.log.feed import STREAM_CHUNK, log_size
 from federation.log.tree import MerkleTree
 from federation.protocol.merkle import leaf_hash
 from federation.protocol.problems import HashfedError, Problem
@@ -138,9 +139,12 @@ async def get_consistency_proof(request: web.Request) -> web.Response:
     return json_response({"old_size": old, "size": size, "hashes": [_b64(h) for h in proof]})
 
 
-async def get_leaves(request: web.Request) -> web.Response:
+async def get_leaves(request: web.Request) -> web.StreamResponse:
     principal_of(request).require(*LEAF_READERS)
     start = int_query(request, "start", 0, minimum=0)
+    if NDJSON in request.headers.get("Accept", ""):
+        end = int_query(request, "end", 0, minimum=0) if "end" in request.query else None
+        return await _stream_leaves(request, start, end)
     limit = min(int_query(request, "limit", 1000), MAX_LEAVES_PAGE)
     async with request.app[DB].reading() as conn:
         rows = (
@@ -157,6 +161,41 @@ async def get_leaves(request: web.Request) -> web.Response:
     return json_response(
         {"leaves": leaves, "next": leaves[-1]["index"] + 1 if len(leaves) == limit else None}
     )
+
+
+async def _stream_leaves(request: web.Request, start: int, end: int | None) -> web.StreamResponse:
+    """Leaves [start, end) as NDJSON ``{"index", "leaf"}`` lines, then an ``end`` trailer."""
+    db = request.app[DB]
+    async with db.reading() as conn:
+        size = await log_size(conn)
+    end = size if end is None else min(end, size)
+    response = web.StreamResponse(headers={"Content-Type": NDJSON})
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        response.enable_compression(web.ContentCoding.gzip)
+    await response.prepare(request)
+    position = start
+    while position < end:
+        async with db.reading() as conn:
+            rows = (
+                await conn.execute(
+                    select(log.c.idx, log.c.leaf)
+                    .where(log.c.idx >= position, log.c.idx < end)
+                    .order_by(log.c.idx)
+                    .limit(STREAM_CHUNK)
+                )
+            ).all()
+        if not rows:
+            break
+        await response.write(
+            b"".join(
+                b'{"index":%d,"leaf":"%s"}\n' % (r.idx, base64.b64encode(bytes(r.leaf)))
+                for r in rows
+            )
+        )
+        position = int(rows[-1].idx) + 1
+    await response.write(orjson.dumps({"kind": "end", "next": position, "size": size}) + b"\n")
+    await response.write_eof()
+    return response
 
 
 PROOF_ROUTES: tuple[Route, ...] = (

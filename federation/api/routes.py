@@ -243,23 +243,40 @@ async def get_record(request: web.Request) -> web.Response:
     if not visible:
         raise HashfedError(Problem.NOT_FOUND, f"no record {rid} visible to {principal.org_id!r}")
     assert row is not None
-    state = state_from_row(row)
+    return json_response(_record_out(row))
+
+
+async def get_records(request: web.Request) -> web.Response:
+    """Every record's current state, by id (overseers: auditors compare it with the log)."""
+    _authorised(request, (Role.ADMIN, Role.AUDITOR))
+    limit = min(int_query(request, "limit", 1000), MAX_PAGE)
+    query = select(records).order_by(records.c.id).limit(limit)
+    if "after" in request.query:
+        query = query.where(records.c.id > request.query["after"])
+    async with request.app[DB].reading() as conn:
+        rows = (await conn.execute(query)).all()
+    items = [_record_out(row) for row in rows]
     return json_response(
-        {
-            "id": row.id,
-            "signal_type": row.signal_type,
-            "value": row.value,
-            "state": row.state,
-            "labels": orjson.loads(row.labels),
-            "contributors": contributors,
-            "disputed": state.disputed,
-            "opinions": state.opinion_counts(),
-            "version": row.version,
-            "head_index": row.head_idx,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-        }
+        {"records": items, "next": items[-1]["id"] if len(items) == limit else None}
     )
+
+
+def _record_out(row: Any) -> dict[str, Any]:
+    state = state_from_row(row)
+    return {
+        "id": row.id,
+        "signal_type": row.signal_type,
+        "value": row.value,
+        "state": row.state,
+        "labels": orjson.loads(row.labels),
+        "contributors": orjson.loads(row.contributors),
+        "disputed": state.disputed,
+        "opinions": state.opinion_counts(),
+        "version": row.version,
+        "head_index": row.head_idx,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
 
 
 async def get_orgs(request: web.Request) -> web.Response:
@@ -344,6 +361,15 @@ ROUTES: tuple[Route, ...] = (
         response=m.FeedPage,
         query=m.FeedQuery,
         ndjson=m.FeedEnd,
+        tags=("records",),
+    ),
+    Route(
+        "GET",
+        "/v1/records",
+        get_records,
+        "Every record's current state, by id (overseers)",
+        (Role.ADMIN, Role.AUDITOR),
+        response=m.RecordList,
         tags=("records",),
     ),
     Route(

@@ -66,6 +66,37 @@ class RejectReason(enum.StrEnum):
     OTHER = "other"
 
 
+# Who may sign each statement type: the organisation must hold one of these roles.
+STATEMENT_ROLES: Mapping[str, frozenset[Role]] = {
+    "federation.genesis": frozenset({Role.ADMIN}),
+    "policy.set": frozenset({Role.ADMIN}),
+    "org.admit": frozenset({Role.ADMIN}),
+    "org.suspend": frozenset({Role.ADMIN}),
+    "org.reinstate": frozenset({Role.ADMIN}),
+    "key.add": frozenset({Role.ADMIN}),
+    "key.retire": frozenset({Role.ADMIN}),
+    "key.revoke": frozenset({Role.ADMIN}),
+    "submissions": frozenset({Role.CONTRIBUTOR}),
+    "withdrawals": frozenset({Role.CONTRIBUTOR}),
+    "reviews": frozenset({Role.ADMIN}),
+    "opinions": frozenset({Role.CONSUMER}),
+    "dispute.open": frozenset({Role.CONSUMER, Role.CONTRIBUTOR}),
+    "dispute.resolve": frozenset({Role.ADMIN}),
+}
+
+
+def check_may_sign(statement_type: str, roles: Collection[str]) -> None:
+    """Refuse a statement type the signing organisation's roles do not allow."""
+    allowed = STATEMENT_ROLES.get(statement_type)
+    if allowed is None:
+        raise HashfedError(Problem.STATEMENT_WRONG_TYPE, f"unknown statement type {statement_type}")
+    if not allowed.intersection(roles):
+        wanted = " or ".join(sorted(r.value for r in allowed))
+        raise HashfedError(
+            Problem.FORBIDDEN_ROLE, f"a {statement_type} statement needs the role {wanted}"
+        )
+
+
 @dataclass(frozen=True)
 class Policy:
     """The federation's policy document (versioned; changed by signed admin statements)."""

@@ -202,3 +202,10 @@ def test_random_sequences_stay_lawful(
             assert not record.open_disputes or record.state == State.WITHDRAWN
         if record.published is False:
             assert record.state != State.APPROVED
+
+
+def test_every_statement_type_has_signing_roles() -> None:
+    from federation.governance.rules import STATEMENT_ROLES
+    from federation.protocol.statements import StatementType
+
+    assert set(STATEMENT_ROLES) == {t.value for t in StatementType}
