@@ -10,6 +10,7 @@ from clients.cli.governance import COMMANDS as GOVERNANCE_COMMANDS
 from clients.cli.keys import keys
 from clients.cli.orgs import orgs
 from clients.cli.profile import profile
+from clients.cli.pull import export, pull, status
 from clients.cli.push import push
 from clients.cli.server import server
 
@@ -32,6 +33,9 @@ cli.add_command(keys)
 cli.add_command(orgs)
 cli.add_command(profile)
 cli.add_command(push)
+cli.add_command(pull)
+cli.add_command(status)
+cli.add_command(export)
 
 
 def main() -> None:
