@@ -33,6 +33,7 @@ class Profile:
     org: str
     key: str  # path to the PEM private key
     store: str  # path to the local SQLite store
+    log_key: str | None = None  # the log's verifier key, obtained out of band
 
     def identity(self) -> Identity:
         """Load the profile's private key (it never leaves this machine)."""

@@ -361,6 +361,26 @@ class LocalStore:
                 (key, value),
             )
 
+    def set_meta(self, values: dict[str, str | None]) -> None:
+        """Set (or, with None, delete) meta values in one transaction."""
+        with self._transaction():
+            for key, value in values.items():
+                self._set_meta(key, value)
+
+    def record_leaf(self, record_id: str) -> tuple[int, bytes] | None:
+        """(log index, exact leaf bytes) of a record's head version, or None."""
+        row = self._conn.execute(
+            "SELECT idx, leaf FROM records WHERE id = ?", (record_id,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def latest_version_before(self, size: int) -> tuple[int, bytes] | None:
+        """The stored head version with the highest log index below ``size``."""
+        row = self._conn.execute(
+            "SELECT idx, leaf FROM records WHERE idx < ? ORDER BY idx DESC LIMIT 1", (size,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
     @property
     def cursor(self) -> str | None:
         """The feed cursor after the last committed version (None: nothing pulled yet)."""

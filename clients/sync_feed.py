@@ -53,6 +53,7 @@ from clients.store import (
     RecordVersion,
     normalize_server,
 )
+from clients.verify import remember, spot_check, verify_checkpoint
 from federation.log.feed import MAX_PAGE, decode_cursor, encode_cursor
 from federation.protocol.problems import HashfedError
 from federation.protocol.signals import normalize_signal, record_id
@@ -94,6 +95,9 @@ class PullResult:
     resynced: bool = False
     requests: int = 0
     seconds: float = 0.0
+    checkpoint_size: int = 0  # the signed checkpoint verified on this pull
+    proved_index: int | None = None  # a stored version proved included in it
+    log_key_first_use: bool = False  # the log key was taken from the server this time
 
     def as_dict(self) -> dict[str, Any]:
         """The result as plain JSON-ready data (for ``--json``)."""
@@ -396,8 +400,17 @@ async def pull(
     page_size: int = DEFAULT_PAGE_SIZE,
     stream: bool = True,
     resync: bool = False,
+    log_key: str | None = None,
 ) -> PullResult:
     """Bring ``store`` up to date with the server's feed; returns what changed.
+
+    First, before anything is applied, the server's newest checkpoint is
+    verified with ``log_key`` (a signed-note verifier key; else the one the
+    store trusted before; else, on first use, the server's own, reported in
+    the result) and must extend the checkpoint the store kept
+    (:class:`clients.verify.HistoryChanged` otherwise). After the pull, the
+    newest stored version is proved to be in that checkpoint and the
+    checkpoint is kept for next time.
 
     Takes the store's lock (:class:`clients.store.StoreLocked` if another pull
     holds it) and binds the store to the client's server and organisation
@@ -416,6 +429,7 @@ async def pull(
     with store.locked():
         me = await client.me()
         store.bind(normalize_server(str(client.server)), client.identity.org)
+        verified = await verify_checkpoint(client, store, log_key)
         log_size = me.get("log_size")
         if type(log_size) is not int:
             raise SyncError(f"/v1/me gave no usable log size: {log_size!r}")
@@ -453,6 +467,10 @@ async def pull(
             # finishes, committed or rolled back, before the lock is released.
             writer.shutdown(wait=True)
         store.ensure_signal_index()
+        result.checkpoint_size = verified.checkpoint.size
+        result.log_key_first_use = verified.first_use
+        result.proved_index = await spot_check(client, store, verified)
+        remember(store, verified)
         held = store.counts()
         result.held_tombstones = sum(n for _, s, n in held if s in TOMBSTONE_STATES)
         result.held = sum(n for _, _, n in held) - result.held_tombstones

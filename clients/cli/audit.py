@@ -23,6 +23,8 @@ from clients.cli.context import (
     table,
 )
 from clients.profiles import hashfed_home
+from clients.store import LocalStore
+from clients.verify import record_chain, verify_checkpoint
 
 
 @click.group("audit")
@@ -135,3 +137,39 @@ def _show(ctx: Ctx, report: AuditReport) -> None:
             for v in report.violations[:200]
         ],
     )
+
+
+@click.command("verify")
+@click.argument("record")
+@common_options
+@pass_ctx
+@async_command
+async def verify_record(ctx: Ctx, record: str) -> None:
+    """Show and check the provenance of RECORD (id or TYPE:VALUE) from the local store.
+
+    The version you hold, the statement that caused it, the key that signed
+    it (valid at that point of the log), and both inclusions in a checkpoint
+    signed by the log key.
+    """
+    from clients.cli.governance import resolve_record
+
+    rid = resolve_record(record)
+    store = LocalStore.open(ctx.profile.store, create=False)
+    with store:
+        async with ctx.client() as client:
+            verified = await verify_checkpoint(client, store, ctx.profile.log_key)
+            try:
+                chain = await record_chain(client, store, rid, verified)
+            except LookupError as err:
+                raise click.ClickException(str(err)) from None
+    if ctx.as_json:
+        steps = [{"check": c, "ok": ok, "detail": d} for c, ok, d in chain.steps]
+        emit_json({"record": chain.record, "ok": chain.ok,
+                   "checkpoint": verified.checkpoint.size, "steps": steps})  # fmt: skip
+    else:
+        v = chain.record
+        console.print(f"[bold]{v['signal_type']}[/] {v['value']}  record {v['record']}")
+        table(None, ["check", "ok", "detail"],
+              [[c, "yes" if ok else "NO", d] for c, ok, d in chain.steps])  # fmt: skip
+    if not chain.ok:
+        sys.exit(EXIT_FAILURE)

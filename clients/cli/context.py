@@ -16,6 +16,8 @@ from rich.table import Table
 from clients.client import FederationClient
 from clients.errors import FederationError
 from clients.profiles import Profile, ProfileStore
+from clients.store import StoreError
+from clients.verify import HistoryChanged, UntrustedCheckpoint
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -58,6 +60,12 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         console.print(f"[bold red]error:[/] {err.detail}")
         console.print(f"[dim]{err.problem.uri} (HTTP {err.http_status})[/]")
         sys.exit(EXIT_SERVER)
+    except (HistoryChanged, UntrustedCheckpoint) as err:
+        console.print(f"[bold red]error:[/] {err}")
+        sys.exit(EXIT_SERVER)
+    except StoreError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        sys.exit(EXIT_FAILURE)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)

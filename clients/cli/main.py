@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from clients.cli.audit import audit_group
+from clients.cli.audit import audit_group, verify_record
 from clients.cli.context import Ctx
 from clients.cli.governance import COMMANDS as GOVERNANCE_COMMANDS
 from clients.cli.keys import keys
@@ -27,6 +27,7 @@ def cli(ctx: click.Context, profile_name: str | None, as_json: bool) -> None:
 
 cli.add_command(server)
 cli.add_command(audit_group)
+cli.add_command(verify_record)
 for command in GOVERNANCE_COMMANDS:
     cli.add_command(command)
 cli.add_command(keys)

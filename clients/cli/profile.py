@@ -34,6 +34,7 @@ from clients.errors import (
 )
 from clients.profiles import Profile
 from federation.protocol.keys import key_id, load_private_key
+from federation.protocol.note import NoteError, parse_verifier_key
 from federation.protocol.statements import ORG_ID_PATTERN
 
 # Profile names become directory and file names (stores, journals).
@@ -168,6 +169,7 @@ def _profile_json(profile: Profile, default: str | None) -> dict[str, Any]:
         "key": profile.key,
         "key_id": _key_id_of(Path(profile.key)),
         "store": profile.store,
+        "log_key": profile.log_key,
         "default": profile.name == default,
     }
 
@@ -195,6 +197,11 @@ def profile() -> None:
 )
 @click.option("--default", "make_default", is_flag=True, help="Make it the default profile")
 @click.option("--check", is_flag=True, help="Ask the server (GET /v1/me) that it knows the key")
+@click.option(
+    "--log-key",
+    help="The federation's log key ('origin+hash+key', from its operator, out of band); every "
+    "pull verifies checkpoints with it (without it, the first pull trusts the server's)",
+)
 @common_options
 @pass_ctx
 def add(
@@ -206,6 +213,7 @@ def add(
     store: Path | None,
     make_default: bool,
     check: bool,
+    log_key: str | None,
 ) -> None:
     """Add (or replace) profile NAME.
 
@@ -228,7 +236,15 @@ def add(
             f"(mode {mode:04o}); run: chmod 600 {escape(str(key_file))}"
         )
     store_path = (store or ctx.profiles.default_store_path(name)).expanduser().resolve()
-    new = Profile(name=name, server=server, org=org, key=str(key_file), store=str(store_path))
+    if log_key is not None:
+        try:
+            parse_verifier_key(log_key.strip())
+        except NoteError as err:
+            raise click.BadParameter(f"not a log key ({err})", param_hint="--log-key") from None
+    new = Profile(
+        name=name, server=server, org=org, key=str(key_file), store=str(store_path),
+        log_key=log_key.strip() if log_key else None,
+    )  # fmt: skip
     who: dict[str, Any] | None = None
     if check:
         who = run(_whoami(new, identity))

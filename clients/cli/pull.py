@@ -51,6 +51,7 @@ from clients.store import (
     write_jsonl,
 )
 from clients.sync_feed import DEFAULT_PAGE_SIZE, CursorRejected, PullResult, SyncError
+from clients.verify import HistoryChanged, UntrustedCheckpoint
 from federation.log.feed import MAX_PAGE, decode_cursor
 from federation.protocol.problems import HashfedError
 from federation.protocol.signals import SIGNAL_TYPES
@@ -155,9 +156,16 @@ async def pull(ctx: Ctx, page_size: int, no_stream: bool, resync: bool) -> None:
                     page_size=page_size,
                     stream=not no_stream,
                     resync=resync,
+                    log_key=ctx.profile.log_key,
                 )
             except StoreError as err:
                 _fail(str(err), EXIT_FAILURE)
+            except (HistoryChanged, UntrustedCheckpoint) as err:
+                _fail(
+                    f"{err}. The local store was not changed; tell the federation's auditors "
+                    "and do not act on this server's data until it is explained",
+                    EXIT_SERVER,
+                )
             except SyncError as err:
                 if ctx.as_json:
                     emit_json({**err.result.as_dict(), "error": err.detail})
@@ -169,6 +177,11 @@ async def pull(ctx: Ctx, page_size: int, no_stream: bool, resync: bool) -> None:
                 if isinstance(err, CursorRejected):
                     console.print("[yellow]the server no longer honours this store's cursor[/]")
                 _fail(err.detail, EXIT_SERVER)
+    if result.log_key_first_use:
+        console.print(
+            "[yellow]trusting the log key the server offered (first use); pin it with "
+            "'hashfed profile add … --log-key KEY' using a key obtained out of band[/]"
+        )
     if resync:
         console.print("[yellow]Full resync: the local copy was replaced from the start of the log.")
     if ctx.as_json:

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from federation.api.context import DB, INTAKE
 from federation.api.routes import NDJSON, READERS, Route, int_query, json_response
@@ -19,7 +19,7 @@ from federation.log.tree import MerkleTree
 from federation.protocol.merkle import leaf_hash
 from federation.protocol.problems import HashfedError, Problem
 from federation.protocol.statements import Role
-from federation.store.schema import log, statements
+from federation.store.schema import LEAF_STATEMENT, keys, log, statements
 
 PROOF_READERS = (*READERS, Role.CONTRIBUTOR)
 LEAF_READERS = (Role.AUDITOR, Role.ADMIN)
@@ -198,6 +198,82 @@ async def _stream_leaves(request: web.Request, start: int, end: int | None) -> w
     return response
 
 
+class StatementLeaf(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    index: int
+    leaf: str = Field(description="Base64 of the statement's leaf (signed bytes and signature)")
+
+
+class KeyInfoOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key_id: str
+    org: str
+    public_key: str = Field(description="Base64 raw Ed25519 key; its SHA-256 prefix is the id")
+    status: str
+    added_index: int
+    retired_index: int | None
+    revoked_index: int | None
+
+
+async def get_statement(request: web.Request) -> web.Response:
+    """A statement's leaf; members see those that caused a version consumers see."""
+    principal = principal_of(request)
+    sid = request.match_info["statement_id"]
+    async with request.app[DB].reading() as conn:
+        row = (
+            await conn.execute(
+                select(statements.c.leaf_idx, statements.c.org_id).where(statements.c.id == sid)
+            )
+        ).first()
+        allowed = row is not None and (
+            principal.roles & {Role.ADMIN, Role.AUDITOR} or row.org_id == principal.org_id
+        )
+        if row is not None and not allowed:
+            # Its versions are the leaves up to the next statement leaf.
+            following = (
+                await conn.execute(
+                    select(func.min(log.c.idx)).where(
+                        log.c.idx > row.leaf_idx, log.c.kind == LEAF_STATEMENT
+                    )
+                )
+            ).scalar()
+            bound = [log.c.idx > row.leaf_idx, log.c.visible.is_(True)]
+            if following is not None:
+                bound.append(log.c.idx < following)
+            allowed = (
+                await conn.execute(select(log.c.idx).where(*bound).limit(1))
+            ).first() is not None
+        if row is None or not allowed:
+            raise HashfedError(
+                Problem.NOT_FOUND, f"no statement {sid} visible to {principal.org_id!r}"
+            )
+        leaf = (
+            await conn.execute(select(log.c.leaf).where(log.c.idx == row.leaf_idx))
+        ).scalar_one()
+    return json_response({"index": row.leaf_idx, "leaf": _b64(bytes(leaf))})
+
+
+async def get_key(request: web.Request) -> web.Response:
+    """A registered public key and its history (public keys are not secret)."""
+    principal_of(request)
+    kid = request.match_info["key_id"]
+    async with request.app[DB].reading() as conn:
+        row = (await conn.execute(select(keys).where(keys.c.id == kid))).first()
+    if row is None:
+        raise HashfedError(Problem.NOT_FOUND, f"no key {kid}")
+    return json_response(
+        {
+            "key_id": row.id,
+            "org": row.org_id,
+            "public_key": _b64(bytes(row.public_key)),
+            "status": row.status,
+            "added_index": row.added_idx,
+            "retired_index": row.retired_idx,
+            "revoked_index": row.revoked_idx,
+        }
+    )
+
+
 PROOF_ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/log/checkpoint", get_checkpoint,
           "The latest signed checkpoint (C2SP tlog-checkpoint note), or the one at ?size=",
@@ -210,4 +286,9 @@ PROOF_ROUTES: tuple[Route, ...] = (
           response=ConsistencyProof, query=ConsistencyQuery, tags=("log",)),
     Route("GET", "/v1/log/leaves", get_leaves, "Leaves by range, exact bytes (auditors)",
           LEAF_READERS, response=LeavesPage, query=LeavesQuery, tags=("log",)),
+    Route("GET", "/v1/statements/{statement_id}", get_statement,
+          "A statement's leaf (own, overseers', or one that caused a visible version)",
+          tuple(Role), response=StatementLeaf, tags=("log",), path_params=("statement_id",)),
+    Route("GET", "/v1/keys/{key_id}", get_key, "A registered public key and its history",
+          tuple(Role), response=KeyInfoOut, tags=("log",), path_params=("key_id",)),
 )  # fmt: skip
