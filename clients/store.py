@@ -116,6 +116,7 @@ CSV_COLUMNS = (
     "record",
     "version",
     "contributors",
+    "disputed",
 )
 CSV_LIST_SEPARATOR = ";"
 EXPORT_FORMATS = ("csv", "jsonl")
@@ -177,6 +178,11 @@ class StoredRecord:
     def tombstone(self) -> bool:
         return self.state in TOMBSTONE_STATES
 
+    @property
+    def disputed(self) -> bool:
+        """Flagged in its version: an open dispute, or a false positive against a positive."""
+        return bool(orjson.loads(self.leaf).get("disputed", False))
+
     def export_fields(self) -> dict[str, Any]:
         """The record as an export line shows it (no leaf: proofs need the store)."""
         return {
@@ -187,6 +193,7 @@ class StoredRecord:
             "record": self.record,
             "version": self.version,
             "contributors": self.contributors,
+            "disputed": self.disputed,
             "index": self.idx,
             "cause": self.cause,
             "time": self.time,
@@ -607,6 +614,7 @@ def write_csv(records: Iterable[StoredRecord], out: IO[str]) -> int:
                 r.record,
                 r.version,
                 CSV_LIST_SEPARATOR.join(r.contributors),
+                "true" if r.disputed else "false",
             )
         )
         count += 1

@@ -331,7 +331,7 @@ def _output(target: Path | None, binary: bool) -> Iterator[IO[Any]]:
     type=click.Choice(EXPORT_FORMATS),
     default="csv",
     show_default=True,
-    help="csv: signal_type,value,labels,state,record,version,contributors (';' inside "
+    help="csv: signal_type,value,labels,state,record,version,contributors,disputed (';' inside "
     "lists; the first three columns are what 'hashfed push' reads); jsonl: one object a line",
 )
 @click.option(
@@ -345,6 +345,11 @@ def _output(target: Path | None, binary: bool) -> Iterator[IO[Any]]:
     help="Include tombstones (withdrawn or retracted records)",
 )
 @click.option(
+    "--only-undisputed",
+    is_flag=True,
+    help="Leave out records flagged disputed (open dispute, or false positive vs positive)",
+)
+@click.option(
     "--out",
     "out_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -353,12 +358,19 @@ def _output(target: Path | None, binary: bool) -> Iterator[IO[Any]]:
 @common_options
 @pass_ctx
 def export(
-    ctx: Ctx, fmt: str, signal_type: str | None, include_retracted: bool, out_path: Path | None
+    ctx: Ctx,
+    fmt: str,
+    signal_type: str | None,
+    include_retracted: bool,
+    only_undisputed: bool,
+    out_path: Path | None,
 ) -> None:
     """Write the local copy for other tools (e.g. a matcher), offline."""
     try:
         with LocalStore.open(_store_path(ctx), create=False) as store:
             records = store.records(signal_type=signal_type, include_tombstones=include_retracted)
+            if only_undisputed:
+                records = (r for r in records if not r.disputed)
             with _output(out_path, binary=fmt == "jsonl") as fh:
                 count = write_csv(records, fh) if fmt == "csv" else write_jsonl(records, fh)
     except StoreError as err:

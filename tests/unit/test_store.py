@@ -331,7 +331,9 @@ def test_export_csv_and_jsonl_round_trip(store: LocalStore) -> None:
         "record",
         "version",
         "contributors",
+        "disputed",
         "index",
         "cause",
         "time",
     }
+    assert [line["disputed"] for line in lines] == [False, False, False]
