@@ -11,8 +11,16 @@ import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.markup import escape
 
-from clients.cli.context import Ctx, async_command, common_options, emit_json, pass_ctx
-from clients.cli.profile import explained, open_client, say
+from clients.cli.context import (
+    Ctx,
+    async_command,
+    common_options,
+    emit_json,
+    explained,
+    open_client,
+    pass_ctx,
+    say,
+)
 from federation.protocol.keys import (
     PRIVATE_FILE_MODE,
     encode_public_key,

@@ -10,9 +10,18 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from clients.cli.context import Ctx, async_command, common_options, emit_json, pass_ctx
+from clients.cli.context import (
+    Ctx,
+    async_command,
+    common_options,
+    emit_json,
+    explained,
+    literal_table,
+    open_client,
+    pass_ctx,
+    say,
+)
 from clients.cli.keys import read_public_key
-from clients.cli.profile import explained, literal_table, open_client, say
 from federation.protocol.keys import key_id
 from federation.protocol.statements import ORG_ID_PATTERN, Role
 

@@ -9,29 +9,25 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 from yarl import URL
 
-from clients.cli.context import Ctx, common_options, console, emit_json, out, pass_ctx, run
-from clients.client import FederationClient, Identity
-from clients.errors import (
-    FederationError,
-    ForbiddenRole,
-    KeyRetired,
-    KeyRevoked,
-    NotFound,
-    OrgSuspended,
-    SignatureExpired,
-    UnknownKey,
+from clients.cli.context import (
+    Ctx,
+    common_options,
+    emit_json,
+    explained,
+    literal_table,
+    load_identity,
+    pass_ctx,
+    run,
+    say,
 )
+from clients.client import FederationClient, Identity
 from clients.profiles import Profile
 from federation.protocol.keys import key_id, load_private_key
 from federation.protocol.note import NoteError, parse_verifier_key
@@ -40,100 +36,6 @@ from federation.protocol.statements import ORG_ID_PATTERN
 # Profile names become directory and file names (stores, journals).
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ORG_ID = re.compile(ORG_ID_PATTERN)
-
-
-def load_identity(org: str, path: Path) -> Identity:
-    """The identity for ``org`` with the private key at ``path``; clear errors, no secrets shown."""
-    try:
-        return Identity(org, load_private_key(path))
-    except FileNotFoundError:
-        raise click.ClickException(
-            f"key file {path} not found; create one with 'hashfed keys generate --out {path}'"
-        ) from None
-    except PermissionError:
-        raise click.ClickException(f"key file {path} is not readable by this user") from None
-    except (ValueError, TypeError):
-        # cryptography's messages may quote the file; say only what to do.
-        raise click.ClickException(
-            f"{path} is not an unencrypted Ed25519 private key in PEM form; "
-            "pass the file written by 'hashfed keys generate --out FILE' (not FILE.pub)"
-        ) from None
-
-
-def open_client(ctx: Ctx, **kwargs: Any) -> FederationClient:
-    """The profile's client (not yet opened: use ``async with``)."""
-    profile = ctx.profile
-    identity = load_identity(profile.org, Path(profile.key).expanduser())
-    return FederationClient(profile.server, identity, **kwargs)
-
-
-def next_step(err: FederationError) -> str | None:
-    """What the user can do about a refusal, in one sentence."""
-    if isinstance(err, KeyRevoked | KeyRetired):
-        return (
-            "this profile's key can no longer sign: make a new one with 'hashfed keys generate', "
-            "have governance register it ('hashfed keys add'), then point the profile at it "
-            "('hashfed profile add NAME --key FILE …')"
-        )
-    if isinstance(err, UnknownKey):
-        return (
-            "check that the profile points at the right server and key ('hashfed profile show'), "
-            "or ask governance to register the key"
-        )
-    if isinstance(err, ForbiddenRole):
-        return (
-            "use a profile of an organisation that holds that role (--profile NAME), "
-            "or ask governance to grant it"
-        )
-    if isinstance(err, OrgSuspended):
-        return "ask the federation's governance to reinstate the organisation"
-    if isinstance(err, SignatureExpired):
-        return "check this machine's clock (requests carry their creation time)"
-    if isinstance(err, NotFound):
-        return "check the organisation or key id ('hashfed orgs list')"
-    return None
-
-
-@asynccontextmanager
-async def explained() -> AsyncIterator[None]:
-    """Add :func:`next_step` to a server refusal's message before it reaches the user."""
-    try:
-        yield
-    except FederationError as err:
-        hint = next_step(err)
-        if hint and hint not in err.detail:
-            err.detail = f"{err.detail.rstrip('.')}; {hint}"
-        raise
-
-
-def say(message: str) -> None:
-    """A message on stderr (rich markup allowed), never broken into lines by width."""
-    console.print(message, soft_wrap=True, highlight=False)
-
-
-def literal_table(
-    title: str | None,
-    columns: list[str],
-    rows: list[list[Any]],
-    *,
-    whole: Sequence[str] = (),
-) -> None:
-    """A results table on stdout, every cell shown literally (never read as markup).
-
-    Cells of the ``whole`` columns (ids people copy) are never cut; others fold.
-    """
-    grid = Table(title=title)
-    for index, name in enumerate(columns):
-        if name in whole:
-            widest = max(
-                (len(str(row[index])) for row in rows if row[index] is not None), default=0
-            )
-            grid.add_column(name, no_wrap=True, min_width=widest)
-        else:
-            grid.add_column(name, overflow="fold")
-    for row in rows:
-        grid.add_row(*(Text("" if v is None else str(v)) for v in row))
-    out.print(grid)
 
 
 def _key_id_of(path: Path) -> str | None:

@@ -26,10 +26,13 @@ from clients.cli.context import (
     common_options,
     console,
     emit_json,
+    explained,
+    literal_table,
+    open_client,
     pass_ctx,
     run,
+    say,
 )
-from clients.cli.profile import explained, literal_table, open_client, say
 from clients.client import FederationClient
 from clients.errors import FederationError
 from clients.push import (
