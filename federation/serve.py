@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ from federation.store.migrate import upgrade_to_head
 
 log = logging.getLogger("hashfed.server")
 PARENT_CHECK_S = 1.0
+GC_THRESHOLDS = (50_000, 50, 100)
 
 
 def _run_worker(settings: Settings, reuse_port: bool, own_session: bool = False) -> None:
@@ -31,8 +33,14 @@ def _run_worker(settings: Settings, reuse_port: bool, own_session: bool = False)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(process)d %(levelname)s %(message)s"
     )
+    app = create_app(settings)
+    # Million-item batches allocate millions of short-lived objects; full
+    # collections of the long-lived startup heap cost ~17 % of push time.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port,

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from federation.api.context import DB, INTAKE
-from federation.api.routes import NDJSON, READERS, Route, int_query, json_response
+from federation.api.routes import READERS, Route, int_query, json_response
+from federation.api.streaming import NDJSON, NdjsonStream
 from federation.auth.middleware import principal_of
 from federation.log.checkpoints import checkpoint_at, latest_checkpoint
 from federation.log.feed import STREAM_CHUNK, log_size
@@ -19,6 +20,7 @@ from federation.log.tree import MerkleTree
 from federation.protocol.merkle import leaf_hash
 from federation.protocol.problems import HashfedError, Problem
 from federation.protocol.statements import Role
+from federation.store.db import Database
 from federation.store.schema import LEAF_STATEMENT, keys, log, statements
 
 PROOF_READERS = (*READERS, Role.CONTRIBUTOR)
@@ -169,11 +171,15 @@ async def _stream_leaves(request: web.Request, start: int, end: int | None) -> w
     async with db.reading() as conn:
         size = await log_size(conn)
     end = size if end is None else min(end, size)
-    response = web.StreamResponse(headers={"Content-Type": NDJSON})
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
-        response.enable_compression(web.ContentCoding.gzip)
-    await response.prepare(request)
     position = start
+    async with NdjsonStream(request) as stream:
+        await _write_leaves(stream, db, position, end, size)
+    return stream.response
+
+
+async def _write_leaves(
+    stream: NdjsonStream, db: Database, position: int, end: int, size: int
+) -> None:
     while position < end:
         async with db.reading() as conn:
             rows = (
@@ -186,16 +192,14 @@ async def _stream_leaves(request: web.Request, start: int, end: int | None) -> w
             ).all()
         if not rows:
             break
-        await response.write(
+        await stream.write(
             b"".join(
                 b'{"index":%d,"leaf":"%s"}\n' % (r.idx, base64.b64encode(bytes(r.leaf)))
                 for r in rows
             )
         )
         position = int(rows[-1].idx) + 1
-    await response.write(orjson.dumps({"kind": "end", "next": position, "size": size}) + b"\n")
-    await response.write_eof()
-    return response
+    await stream.write(orjson.dumps({"kind": "end", "next": position, "size": size}) + b"\n")
 
 
 class StatementLeaf(BaseModel):

@@ -14,6 +14,7 @@ from sqlalchemy import select
 import federation
 from federation.api import models as m
 from federation.api.context import DB, INTAKE, SETTINGS
+from federation.api.streaming import NDJSON, NdjsonStream
 from federation.auth.middleware import principal_of
 from federation.identities.service import Principal, list_orgs
 from federation.intake import Outcome
@@ -34,7 +35,6 @@ from federation.store.schema import records
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON = "application/json"
-NDJSON = "application/x-ndjson"
 READERS = (Role.CONSUMER, Role.ADMIN, Role.AUDITOR)
 
 
@@ -187,34 +187,30 @@ async def get_feed(request: web.Request) -> web.StreamResponse:
 async def _stream_feed(
     request: web.Request, db: Database, position: int, limit: int
 ) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": NDJSON})
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
-        response.enable_compression(web.ContentCoding.gzip)
-    await response.prepare(request)
     count = 0
     has_more = False
-    while count < limit:
-        want = min(STREAM_CHUNK, limit - count)
-        async with db.reading() as conn:
-            rows = await read_page(conn, position, want + 1)
-        has_more = len(rows) > want
-        rows = rows[:want]
-        if not rows:
-            break
-        await response.write(b"".join(leaf + b"\n" for _, leaf in rows))
-        count += len(rows)
-        position = rows[-1][0] + 1
-        if not has_more:
-            break
-    trailer = {
-        "kind": "end",
-        "next_cursor": encode_cursor(position),
-        "count": count,
-        "has_more": has_more,
-    }
-    await response.write(orjson.dumps(trailer) + b"\n")
-    await response.write_eof()
-    return response
+    async with NdjsonStream(request) as stream:
+        while count < limit:
+            want = min(STREAM_CHUNK, limit - count)
+            async with db.reading() as conn:
+                rows = await read_page(conn, position, want + 1)
+            has_more = len(rows) > want
+            rows = rows[:want]
+            if not rows:
+                break
+            await stream.write(b"".join(leaf + b"\n" for _, leaf in rows))
+            count += len(rows)
+            position = rows[-1][0] + 1
+            if not has_more:
+                break
+        trailer = {
+            "kind": "end",
+            "next_cursor": encode_cursor(position),
+            "count": count,
+            "has_more": has_more,
+        }
+        await stream.write(orjson.dumps(trailer) + b"\n")
+    return stream.response
 
 
 def int_query(request: web.Request, name: str, default: int, *, minimum: int = 1) -> int:

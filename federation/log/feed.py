@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import Integer, and_, bindparam, select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from federation.protocol.problems import HashfedError, Problem
@@ -40,17 +43,40 @@ def decode_cursor(cursor: str | None) -> int:
     return int(digits)
 
 
+_PAGE = (
+    select(log.c.idx, log.c.leaf)
+    .where(
+        and_(
+            log.c.idx >= bindparam("position"),
+            log.c.visible.is_(True),
+            log.c.kind == LEAF_VERSION,
+        )
+    )
+    .order_by(log.c.idx)
+    .limit(bindparam("limit", type_=Integer))
+)
+
+
+@functools.cache
+def _page_sql(dialect: Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    compiled = _PAGE.compile(dialect=dialect)
+    return str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params)
+
+
 async def read_page(
     conn: AsyncConnection, position: int, limit: int
 ) -> Sequence[tuple[int, bytes]]:
-    """Up to ``limit`` visible version leaves at or after ``position``, in log order."""
-    rows = await conn.execute(
-        select(log.c.idx, log.c.leaf)
-        .where(and_(log.c.idx >= position, log.c.visible.is_(True), log.c.kind == LEAF_VERSION))
-        .order_by(log.c.idx)
-        .limit(limit)
-    )
-    return [(int(r.idx), bytes(r.leaf)) for r in rows]
+    """Up to ``limit`` visible version leaves at or after ``position``, in log order.
+
+    The hot read of every pull: the Core query is compiled once and its rows
+    taken from the driver as they are (SQLAlchemy's row processing doubled
+    the server's cost per version).
+    """
+    sql, names, constants = _page_sql(conn.dialect)
+    values = {**constants, "position": position, "limit": limit}
+    result = await conn.exec_driver_sql(sql, tuple(values[n] for n in names))
+    rows: Sequence[Any] = result.all()
+    return [(int(row[0]), bytes(row[1])) for row in rows]
 
 
 async def log_size(conn: AsyncConnection) -> int:
