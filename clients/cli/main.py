@@ -8,6 +8,7 @@ from clients.cli.audit import audit_group, verify_record
 from clients.cli.context import Ctx
 from clients.cli.governance import COMMANDS as GOVERNANCE_COMMANDS
 from clients.cli.keys import keys
+from clients.cli.match import hash_files, match
 from clients.cli.orgs import orgs
 from clients.cli.profile import profile
 from clients.cli.pull import export, pull, status
@@ -37,6 +38,8 @@ cli.add_command(push)
 cli.add_command(pull)
 cli.add_command(status)
 cli.add_command(export)
+cli.add_command(hash_files)
+cli.add_command(match)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from aiohttp import web
 from federation.api.context import DB, INTAKE, SETTINGS
 from federation.api.errors import problem_middleware
 from federation.api.governance import GOVERNANCE_ROUTES
+from federation.api.match import MATCH_ROUTES
 from federation.api.proofs import PROOF_ROUTES
 from federation.api.routes import ROUTES
 from federation.auth.middleware import auth_middleware, expire_nonces
@@ -22,7 +23,7 @@ from federation.store.db import Database
 
 log = logging.getLogger("hashfed.server")
 NONCE_SWEEP_S = 60
-ALL_ROUTES = ROUTES + GOVERNANCE_ROUTES + PROOF_ROUTES
+ALL_ROUTES = ROUTES + GOVERNANCE_ROUTES + PROOF_ROUTES + MATCH_ROUTES
 
 
 def create_app(settings: Settings, db: Database | None = None) -> web.Application:
