@@ -123,9 +123,11 @@ def submit(
         transition(State.PENDING, Action.SUBMIT, roles)  # role check only
         record.state = policy.initial_state(org)
     else:
+        # The transition first: a rejected or retracted signal is refused even
+        # when the submitter is still listed as its contributor.
+        following = transition(record.state, Action.SUBMIT, roles)
         if org in record.contributions:
             return False
-        following = transition(record.state, Action.SUBMIT, roles)
         if record.state in TOMBSTONES:
             record.state = policy.initial_state(org)
             record.approvals.clear()

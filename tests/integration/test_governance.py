@@ -73,9 +73,10 @@ async def test_conflict_of_interest_is_refused(world: dict[str, FederationClient
     record = await world["alpha"].get_record(RID)
     assert record["state"] == "rejected"
     assert await feed(world["reader"]) == []
-    # A rejected signal cannot be brought back by submitting it again.
-    again = await world["beta"].submit([ITEM])
-    assert again["results"][0]["problem"]["type"] == Problem.INVALID_TRANSITION.uri
+    # A rejected signal cannot be brought back by submitting it again, by anyone.
+    for member in ("beta", "alpha"):
+        again = await world[member].submit([{**ITEM, "labels": ["glorification"]}])
+        assert again["results"][0]["problem"]["type"] == Problem.INVALID_TRANSITION.uri
 
 
 async def test_review_refusals(world: dict[str, FederationClient]) -> None:
