@@ -151,6 +151,36 @@ async def request_changes(ctx: Ctx, record: str, note: str) -> None:
         _print_results(ctx, await client.review([decision]), "request-changes")
 
 
+# ---------------------------------------------------------------- withdraw
+
+
+def _signal(value: str) -> dict[str, str]:
+    signal_type, sep, raw = value.strip().partition(":")
+    if not sep:
+        raise click.BadParameter(f"{value!r}: give the signal as TYPE:VALUE, e.g. md5:d41d…")
+    try:
+        return {"signal_type": signal_type, "value": normalize_signal(signal_type, raw)}
+    except HashfedError as err:
+        raise click.BadParameter(err.detail) from None
+
+
+@click.command()
+@click.argument("signals", nargs=-1, required=True)
+@click.option("--reason", help="Why, kept in the log")
+@common_options
+@pass_ctx
+@async_command
+async def withdraw(ctx: Ctx, signals: tuple[str, ...], reason: str | None) -> None:
+    """Withdraw your organisation's contributions to SIGNALS (TYPE:VALUE ...).
+
+    A record whose last contributor withdraws becomes a tombstone that every
+    consumer receives on its next pull.
+    """
+    items = [_signal(s) for s in signals]
+    async with ctx.client() as client:
+        _print_results(ctx, await client.withdraw(items, reason), "withdraw")
+
+
 # ---------------------------------------------------------------- opinion
 
 
@@ -332,4 +362,4 @@ async def policy_set(ctx: Ctx, /, trusted: str | None, **changes: Any) -> None:
         console.print(f"policy version [bold]{result['version']}[/] in force")
 
 
-COMMANDS = (review, opinion, dispute, inbox, policy)
+COMMANDS = (review, opinion, dispute, inbox, policy, withdraw)
