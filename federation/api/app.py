@@ -15,7 +15,8 @@ from federation.api.governance import GOVERNANCE_ROUTES
 from federation.api.match import MATCH_ROUTES
 from federation.api.proofs import PROOF_ROUTES
 from federation.api.routes import ROUTES
-from federation.auth.middleware import auth_middleware, expire_nonces
+from federation.auth.middleware import auth_middleware
+from federation.auth.nonces import NonceStore, nonce_store_for
 from federation.intake import Intake
 from federation.log.checkpoints import CheckpointSigner
 from federation.settings import Settings
@@ -23,17 +24,23 @@ from federation.store.db import Database
 
 log = logging.getLogger("hashfed.server")
 NONCE_SWEEP_S = 60
+NONCES = web.AppKey("nonces", NonceStore)
 ALL_ROUTES = ROUTES + GOVERNANCE_ROUTES + PROOF_ROUTES + MATCH_ROUTES
 
 
 def create_app(settings: Settings, db: Database | None = None) -> web.Application:
     """The federation's application; ``db`` is created from settings when not given."""
     database = db or Database(settings.resolved_database_url)
+    nonce_store = nonce_store_for(database)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[problem_middleware, auth_middleware(database, settings.replay_window_s)],
+        middlewares=[
+            problem_middleware,
+            auth_middleware(database, nonce_store, settings.replay_window_s),
+        ],
     )
     app[SETTINGS] = settings
+    app[NONCES] = nonce_store
     app[DB] = database
     signer = CheckpointSigner.from_file(settings.origin, settings.log_key_path)
     app[INTAKE] = Intake(database, signer)
@@ -45,17 +52,17 @@ def create_app(settings: Settings, db: Database | None = None) -> web.Applicatio
     return app
 
 
-async def _sweep_nonces(db: Database) -> None:
+async def _sweep_nonces(store: NonceStore) -> None:
     while True:
         await asyncio.sleep(NONCE_SWEEP_S)
         try:
-            await expire_nonces(db)
+            await store.expire()
         except Exception:  # keep sweeping; a failed sweep only delays cleanup
             log.exception("nonce sweep failed")
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(_sweep_nonces(app[DB]))
+    task = asyncio.create_task(_sweep_nonces(app[NONCES]))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -12,9 +12,8 @@ import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from sqlalchemy import delete, insert
-from sqlalchemy.exc import IntegrityError
 
+from federation.auth.nonces import NonceStore
 from federation.identities.service import Principal, check_key_usable, load_key
 from federation.protocol.httpsig import (
     RequestParts,
@@ -25,7 +24,6 @@ from federation.protocol.httpsig import (
 )
 from federation.protocol.problems import HashfedError, Problem
 from federation.store.db import Database
-from federation.store.schema import nonces
 
 PUBLIC_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
 MAX_NONCE_CHARS = 128
@@ -44,7 +42,9 @@ def request_parts(request: web.Request) -> RequestParts:
     )
 
 
-async def authenticate(request: web.Request, db: Database, window_s: int) -> Principal:
+async def authenticate(
+    request: web.Request, db: Database, seen: NonceStore, window_s: int
+) -> Principal:
     """Verify the request's signature; returns who signed it or raises ``HashfedError``."""
     params, signature = parse_signature_headers(
         request.headers.get("Signature-Input"), request.headers.get("Signature")
@@ -68,25 +68,18 @@ async def authenticate(request: web.Request, db: Database, window_s: int) -> Pri
     verify_request(request_parts(request), params, signature, info.public_key)
     if body or "content-digest" in params.components:
         verify_content_digest(request.headers.get("Content-Digest"), body)
-    try:
-        async with db.writing() as conn:
-            await conn.execute(
-                insert(nonces).values(
-                    key_id=info.key_id, nonce=params.nonce, expires_at=now + 2 * window_s
-                )
-            )
-    except IntegrityError:
+    if not await seen.remember(info.key_id, params.nonce, now + 2 * window_s):
         raise HashfedError(
             Problem.NONCE_REPLAYED, "this request was already received (nonce reused)"
-        ) from None
+        )
     return Principal(org_id=info.org_id, key_id=info.key_id, roles=info.roles)
 
 
-def auth_middleware(db: Database, window_s: int) -> Middleware:
+def auth_middleware(db: Database, seen: NonceStore, window_s: int) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in PUBLIC_PATHS:
-            request[PRINCIPAL] = await authenticate(request, db, window_s)
+            request[PRINCIPAL] = await authenticate(request, db, seen, window_s)
         return await handler(request)
 
     return middleware
@@ -97,10 +90,3 @@ def principal_of(request: web.Request) -> Principal:
     if principal is None:
         raise HashfedError(Problem.SIGNATURE_MISSING, "this endpoint needs a signed request")
     return principal
-
-
-async def expire_nonces(db: Database) -> int:
-    """Drop nonces past their window; a replay of them is refused by ``created`` anyway."""
-    async with db.writing() as conn:
-        result = await conn.execute(delete(nonces).where(nonces.c.expires_at < int(time.time())))
-    return int(result.rowcount or 0)
