@@ -197,6 +197,11 @@ def hash_files(
         raise click.UsageError("choose one of --csv and --json")
     results, failures = _hash_inputs(paths, workers, "hash")
     signals = [s for r in results for s in r.signals]
+    if any(r.kind == "video" for r in results):
+        console.print(
+            "[yellow]note:[/] videos get video_md5 only; vPDQ is not computed here (the vpdq "
+            "package needs FFmpeg's development libraries and is not installed)"
+        )
     if as_csv or ctx.as_json:
         _emit_pushable(signals, label_set, include_unreliable, as_csv)
     else:
