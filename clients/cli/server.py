@@ -69,6 +69,11 @@ def init(**flags: Any) -> None:
         click.echo(f"  governance public key   : {result.public_key}")
     click.echo(f"  log signing key         : {result.log_key_path}")
     click.echo(f"  log public key          : {result.log_public_key}")
+    click.echo(
+        f"  log verifier key        : {_verifier_key(settings.origin, result.log_public_key)}"
+    )
+    click.echo("    (give members and auditors this line out of band: 'hashfed profile add")
+    click.echo("     … --log-key' and 'hashfed audit verify --log-key' trust it)")
     click.echo(f"  database                : {_redact(settings.resolved_database_url)}")
 
 
@@ -88,3 +93,10 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _verifier_key(origin: str, public_key_b64: str) -> str:
+    from federation.protocol.keys import decode_public_key
+    from federation.protocol.note import format_verifier_key
+
+    return format_verifier_key(origin, decode_public_key(public_key_b64))
