@@ -668,7 +668,7 @@ def show(
         f"{built.build_leaves_per_s:,} leaves/s"
     )
     print("  statements: " + ", ".join(f"{k} {v:,}" for k, v in built.statements.items()))
-    print("  items accepted: " + ", ".join(f"{k} {v:,}" for k, v in built.items.items()))
+    print("  items accepted: " + ", ".join(f"{k} {v:,}" for k, v in built.items.items() if v))
     print()
     header = (
         f"{'audit':<34} {'wall s':>7} {'report s':>8} {'leaves/s':>9} {'clean':>6} "

@@ -67,6 +67,30 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def code_state() -> str:
+    """Which code ran: the commit, the uncommitted product files, and where it was imported from.
+
+    Other engineers edit the tree while benches run; a figure means little
+    without the code it was measured on.
+    """
+    import federation
+
+    root = Path(federation.__file__).resolve().parents[1]
+    commit, dirty = "?", ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        ).stdout.strip() or "?"  # fmt: skip
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "federation", "clients"],
+            capture_output=True, text=True, timeout=10, check=False,
+        ).stdout.split("\n")  # fmt: skip
+        changed = [line[3:] for line in status if line.strip()]
+        dirty = f" + uncommitted {', '.join(changed)}" if changed else ""
+    return f"{root} at {commit}{dirty}"
+
+
 def loadavg() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
@@ -77,6 +101,7 @@ def machine_lines(machine: dict[str, Any], load_start: str, load_end: str) -> li
         f"machine: {machine['nproc']} CPU ({machine['cpu_model']}), {machine['memory_gib']} GiB "
         f"RAM, Python {machine['python']}, Linux {machine['kernel']}",
         f"load average (1/5/15 min): at start {load_start}; at end {load_end}",
+        f"code: {code_state()}",
     ]
 
 
