@@ -28,7 +28,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
+
+# Run as a script, this directory is on sys.path: the benches share bench/common.py.
+from common import file_tail, free_port, log
 from sqlalchemy.engine import make_url
 
 from clients.client import FederationClient, Identity
@@ -62,10 +64,6 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MEMBER_ORG = "bench-member"
 PROFILE_RATE_HZ = 200
 PROFILE_TOP = 25
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # The machine and processes
@@ -287,12 +285,6 @@ def measure_client_signing(batches: Sequence[Sequence[dict[str, Any]]]) -> dict[
 # The server
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def hashfed_command() -> list[str]:
     for candidate in (Path(sys.executable).parent / "hashfed", REPO / ".venv" / "bin" / "hashfed"):
         if candidate.exists():
@@ -342,12 +334,6 @@ def spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             args, stdout=out, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True
         )
-
-
-def file_tail(path: Path, chars: int = 3000) -> str:
-    with contextlib.suppress(OSError):
-        return path.read_text(errors="replace")[-chars:]
-    return ""
 
 
 async def run_checked(args: list[str], log_path: Path) -> None:
