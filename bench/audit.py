@@ -601,6 +601,9 @@ async def prepare(args: argparse.Namespace, work: Path) -> Built:
 
 
 async def discard(args: argparse.Namespace, work: Path, built: Built | None) -> None:
+    meta = work / META
+    if built is None and meta.exists():  # a build that failed half-way: its database too
+        built = Built(**orjson.loads(meta.read_bytes()))
     if built is not None and built.pg_database and args.postgres:
         await pg_drop(args.postgres, built.pg_database)
     shutil.rmtree(work, ignore_errors=True)
@@ -642,6 +645,9 @@ async def run(args: argparse.Namespace) -> int:
                         server.url, server.pid, work, signer.verifier_key, gov_public, args.profile
                     )
                 )
+    except Exception:
+        log(f"failed; the server's log ends with:\n{file_tail(work / 'server.log', 4000)}")
+        raise
     finally:
         if not reuse:
             await discard(args, work, built)

@@ -58,6 +58,7 @@ from common import (
     DEFAULT_PG_ADMIN_URL,
     CpuMeter,
     collapsed_hotspots,
+    file_tail,
     install_sigterm,
     latency_summary,
     loadavg,
@@ -683,6 +684,9 @@ async def prepare(args: argparse.Namespace, work: Path) -> Built:
 
 
 async def discard(args: argparse.Namespace, work: Path, built: Built | None) -> None:
+    meta = work / META
+    if built is None and meta.exists():  # a build that failed half-way: its database too
+        built = Built(**orjson.loads(meta.read_bytes()))
     if built is not None and built.pg_database and args.postgres:
         await pg_drop(args.postgres, built.pg_database)
     await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
@@ -697,6 +701,9 @@ async def run(args: argparse.Namespace) -> int:
     try:
         built = await prepare(args, work)
         results, extra = await serve_and_measure(args, work, built)
+    except Exception:
+        log(f"failed; the server's log ends with:\n{file_tail(work / 'server.log', 4000)}")
+        raise
     finally:
         if not reuse:
             await discard(args, work, built)

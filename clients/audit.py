@@ -76,6 +76,9 @@ IDENTITY_TYPES = frozenset(
     }
 )  # fmt: skip
 MAX_VIOLATIONS = 10_000
+# A leaf line carries a whole statement (up to 100,000 items, base64 twice).
+MAX_LEAF_LINE = 1 << 28
+FEED_STREAM_LIMIT = 100_000  # versions per feed request; the audit follows has_more
 
 
 class AuditError(Exception):
@@ -319,7 +322,7 @@ async def stream_leaves(
         if resp.status >= 400:
             raise error_for(resp.status, resp.headers.get("Content-Type", ""), await resp.read())
         ended = False
-        async for line in resp.content:
+        while line := await resp.content.readline(max_line_length=MAX_LEAF_LINE):
             doc = orjson.loads(line)
             if doc.get("kind") == "end":
                 ended = True
@@ -482,17 +485,28 @@ async def _compare_records(client: FederationClient, replay: Replay) -> None:
 async def _compare_feed(client: FederationClient, replay: Replay) -> None:
     """The feed must serve exactly the visible versions, byte for byte."""
     served: set[int] = set()
-    async for item in client.stream_feed():
-        if item.get("kind") == "end":
-            continue
-        index = item.get("index")
-        replay.report.feed_items_compared += 1
-        if not isinstance(index, int) or index not in replay.visible:
-            replay.violation(index if isinstance(index, int) else None, "feed",
-                             "the feed serves a version consumers should not see")  # fmt: skip
-            continue
-        served.add(index)
-        if leaf_hash(canonical_json(item)) != replay.visible[index]:
-            replay.violation(index, "feed", "the feed's version differs from the log's leaf")
+    cursor: str | None = None
+    while True:
+        end: dict[str, Any] = {}
+        async for item in client.stream_feed(cursor, limit=FEED_STREAM_LIMIT):
+            if item.get("kind") == "end":
+                end = item
+            else:
+                _compare_feed_item(replay, item, served)
+        cursor = end.get("next_cursor")
+        if not end.get("has_more"):
+            break
     for index in sorted(replay.visible.keys() - served)[:100]:
         replay.violation(index, "feed", "a visible version is missing from the feed")
+
+
+def _compare_feed_item(replay: Replay, item: dict[str, Any], served: set[int]) -> None:
+    index = item.get("index")
+    replay.report.feed_items_compared += 1
+    if not isinstance(index, int) or index not in replay.visible:
+        replay.violation(index if isinstance(index, int) else None, "feed",
+                         "the feed serves a version consumers should not see")  # fmt: skip
+        return
+    served.add(index)
+    if leaf_hash(canonical_json(item)) != replay.visible[index]:
+        replay.violation(index, "feed", "the feed's version differs from the log's leaf")

@@ -26,6 +26,8 @@ from clients.profiles import hashfed_home
 from clients.store import LocalStore
 from clients.verify import record_chain, verify_checkpoint
 
+AUDIT_TIMEOUT_S = 6 * 3600
+
 
 @click.group("audit")
 def audit_group() -> None:
@@ -94,7 +96,8 @@ async def verify(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        async with ctx.client() as client:
+        # Whole-log streams: no short total timeout (the default 120 s cut large audits).
+        async with ctx.client(timeout_s=AUDIT_TIMEOUT_S) as client:
             report = await audit(
                 client, log_key=log_public, origin=origin, governance_key=gov_public,
                 cache=cache,

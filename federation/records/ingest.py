@@ -53,6 +53,8 @@ from federation.store.schema import contributions, disputes, notifications, reco
 CONTRIBUTION_ACTIVE = "active"
 CONTRIBUTION_WITHDRAWN = "withdrawn"
 
+UPSERT_CHUNK_ROWS = 2_000
+
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
 REFUSED = "refused"
@@ -503,16 +505,18 @@ async def _update_records(
 
 
 async def _upsert_contributions(conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
-    values = [dict(zip(CONTRIBUTION_COLUMNS, row, strict=True)) for row in rows]
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(contributions).values(values)
-    excluded = stmt.excluded
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["record_id", "org_id"],
-            set_={c: getattr(excluded, c) for c in CONTRIBUTION_COLUMNS[2:]},
+    # 8 parameters a row: asyncpg (and stock SQLite) refuse more than ~32,767 per statement.
+    for part in chunks(rows, UPSERT_CHUNK_ROWS):
+        values = [dict(zip(CONTRIBUTION_COLUMNS, row, strict=True)) for row in part]
+        stmt = dialect.insert(contributions).values(values)
+        excluded = stmt.excluded
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["record_id", "org_id"],
+                set_={c: getattr(excluded, c) for c in CONTRIBUTION_COLUMNS[2:]},
+            )
         )
-    )
 
 
 # ------------------------------------------------------------------ applying

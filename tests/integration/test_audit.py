@@ -193,3 +193,16 @@ async def test_audit_resumes_from_its_cache(fed: Federation, tmp_path: Any) -> N
     cache.write_bytes(b"".join(lines[:10]) + lines[10][:15])  # interrupted mid-line
     second = await run_audit(fed, cache=cache)
     assert first.ok and second.ok and second.leaves == first.leaves
+
+
+async def test_large_batches_and_a_long_feed_audit_clean(fed: Federation) -> None:
+    """A 5,000-item statement (a line over aiohttp's 512 KiB default) and > 1,000 feed items."""
+    member = await fed.admit("bulk")
+    async with fed.client(member) as client:
+        await client.submit(
+            [{"signal_type": "md5", "value": f"{i:032x}", "labels": ["recruitment"]}
+             for i in range(5_000)]
+        )  # fmt: skip
+    report = await run_audit(fed)
+    assert report.violations == []
+    assert report.feed_items_compared == 5_000
