@@ -61,6 +61,11 @@ class RecordState:
     def labels(self) -> list[str]:
         if self.relabelled is not None:
             return list(self.relabelled)
+        if len(self.contributions) == 1:
+            # Each contribution's labels are already sorted and unique (the
+            # taxonomy's validate); one contributor is the common case.
+            for only in self.contributions.values():
+                return list(only)
         return sorted({label for ls in self.contributions.values() for label in ls})
 
     @property
@@ -68,11 +73,15 @@ class RecordState:
         return sorted(self.contributions)
 
     def opinion_counts(self) -> dict[str, int]:
+        if not self.opinions:
+            return {}
         return dict(sorted(Counter(self.opinions.values()).items()))
 
     @property
     def disputed(self) -> bool:
-        return bool(self.open_disputes) or opinion_flagged(self.opinion_counts())
+        if self.open_disputes:
+            return True
+        return bool(self.opinions) and opinion_flagged(self.opinion_counts())
 
     @property
     def visible(self) -> bool:
@@ -87,6 +96,7 @@ class RecordState:
 
     def version_fields(self, cause: str, time: int) -> dict[str, Any]:
         """The record version as it goes into the log (and the feed)."""
+        opinions = self.opinion_counts()
         return {
             "record": self.id,
             "version": self.version,
@@ -94,9 +104,9 @@ class RecordState:
             "value": self.value,
             "state": self.state.value,
             "labels": self.labels,
-            "contributors": self.contributors,
-            "disputed": self.disputed,
-            "opinions": self.opinion_counts(),
+            "contributors": sorted(self.contributions),
+            "disputed": bool(self.open_disputes) or (bool(opinions) and opinion_flagged(opinions)),
+            "opinions": opinions,
             "cause": cause,
             "time": time,
         }

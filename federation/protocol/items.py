@@ -23,7 +23,7 @@ SIGNAL_MEMBERS = frozenset({"signal_type", "value"})
 LabelCache = dict[tuple[str, ...], tuple[str, ...]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per item of million-item pushes
 class Submission:
     """A checked submission item: normalised value, sorted labels, derived record id."""
 

@@ -104,7 +104,7 @@ _OUTCOMES = {"uphold": Action.UPHOLD, "retract": Action.RETRACT}
 # ---------------------------------------------------------------- validation
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs 4x to build, per item
 class Item:
     """One validated item: which record, and what the statement says about it."""
 
