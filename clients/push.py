@@ -9,8 +9,9 @@ The steps, each usable on its own from the SDK::
         summary = await BatchPush(client, batches, journal=journal).run()
 
 Items are checked with the server's own validators (the signal registry in
-``federation.protocol.signals`` and the taxonomy), so what passes here is what
-the server accepts, unless the federation configures its own taxonomy.
+``federation.protocol.signals`` and a taxonomy), so what passes here is what
+the server accepts. Pass the federation's taxonomy (``GET /v1/policy``, as
+``hashfed push`` does); the default set is used otherwise.
 
 Resuming without duplicating: each batch's statement is signed and written to
 the journal *before* it is sent, and a done-marker with the server's answer is

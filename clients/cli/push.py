@@ -50,6 +50,7 @@ from clients.push import (
     plan_batches,
     read_inputs,
 )
+from federation.protocol.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 MAX_CONCURRENCY = 16
 # Longer lists go to --json; a terminal drowns in them.
@@ -143,8 +144,9 @@ def push(
     Exit status: 0 all sent and none refused; 1 invalid input or some items
     refused by the server; 3 the server refused the push or was unreachable.
     """
+    taxonomy = run(_federation_taxonomy(ctx))
     try:
-        parsed = read_inputs(files, fmt)
+        parsed = read_inputs(files, fmt, taxonomy=taxonomy)
     except PushInputError as exc:
         raise click.UsageError(str(exc)) from None
     for bad in parsed.bad:
@@ -203,6 +205,31 @@ def push(
         )
     _print_summary(ctx, summary)
     sys.exit(EXIT_FAILURE if summary.refused else EXIT_OK)
+
+
+POLICY_TIMEOUT_S = 15.0
+
+
+async def _federation_taxonomy(ctx: Ctx) -> Taxonomy:
+    """The labels the federation's policy in force allows; the default set if unreachable.
+
+    Items are checked before anything is signed, so that a bad line is
+    reported with its file and line. The federation may configure its own
+    taxonomy; checking against the default one would then refuse good lines
+    or let bad ones through to be refused by the server one by one.
+    """
+    try:
+        # One quick try: the push itself retries, and reports an unreachable server.
+        async with open_client(ctx, retries=0, timeout_s=POLICY_TIMEOUT_S) as client:
+            document = await client.get_policy()
+        return Taxonomy(document["policy"]["taxonomy"])
+    except (FederationError, OSError, KeyError, TypeError, ValueError) as exc:
+        reason = exc.detail if isinstance(exc, FederationError) else str(exc) or type(exc).__name__
+        say(
+            f"[yellow]warning:[/] could not read the federation's policy ({escape(reason)}); "
+            "checking labels against the default taxonomy"
+        )
+        return DEFAULT_TAXONOMY
 
 
 async def _send(

@@ -362,6 +362,45 @@ async def test_push_refuses_bad_input_then_skips_it_then_reports_duplicates(
     assert len(records) == 5 and set(records.values()) == {1}
 
 
+async def test_push_checks_labels_against_the_federations_own_taxonomy(
+    fed: Federation, cli: Cli, acme: Member
+) -> None:
+    async with fed.client(fed.governance) as gov_client:
+        await gov_client.update_policy(
+            taxonomy={"recruitment": "Recruitment", "manifesto": "Attacker manifesto"}
+        )
+    path = cli.cwd / "custom.csv"
+    path.write_text(
+        "signal_type,value,labels\n"
+        f"md5,{md5(1)},manifesto\n"  # only in this federation's taxonomy: good
+        f"md5,{md5(2)},glorification\n"  # in the default taxonomy, not in this one: bad
+    )
+    before = await log_length(fed)
+    refused = await cli("--profile acme push custom.csv")
+    assert refused.code == 1, refused
+    bad = [line for line in refused.err.splitlines() if line.startswith("custom.csv:")]
+    assert len(bad) == 1 and bad[0].startswith("custom.csv:3:"), refused.err
+    assert "glorification" in bad[0] and "manifesto" in bad[0]  # names the known labels
+    assert await log_length(fed) == before
+
+    pushed = await cli("--profile acme push custom.csv --skip-invalid --json")
+    assert pushed.code == 0, pushed
+    assert (pushed.json()["accepted"], pushed.json()["refused"]) == (1, 0)
+
+
+async def test_push_falls_back_to_the_default_taxonomy_when_the_server_is_unreachable(
+    fed: Federation, cli: Cli, acme: Member
+) -> None:
+    csv_file(cli.cwd / "offline.csv", [md5(1)], extra=f"md5,{md5(2)},manifesto\n")
+    ProfileStore(cli.home).add(  # nothing listens on port 9 (discard)
+        Profile("offline", "http://127.0.0.1:9", "acme", str(acme.key_file), str(cli.home / "o.db"))
+    )
+    result = await cli("--profile offline push offline.csv --dry-run")
+    assert result.code == 1, result
+    assert "could not read the federation's policy" in result.err
+    assert "offline.csv:3:" in result.err and "manifesto" in result.err
+
+
 async def test_push_jsonl_from_stdin_with_a_kept_journal(
     fed: Federation, cli: Cli, acme: Member
 ) -> None:
