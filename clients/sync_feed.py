@@ -51,6 +51,7 @@ from clients.store import (
     ApplyCounts,
     LocalStore,
     RecordVersion,
+    VersionBatch,
     normalize_server,
 )
 from clients.verify import remember, spot_check, verify_checkpoint
@@ -280,11 +281,11 @@ class _Pull:
         self.reset = reset
         self.after: str | None = None if reset else store.cursor  # where the next request starts
         self.last_index = result.start_position - 1
-        self.pending: list[RecordVersion] = []
+        self.pending = VersionBatch()
         self.committing: tuple[asyncio.Future[ApplyCounts], int, str] | None = None
 
-    async def accept(self, item: Any) -> None:
-        """Validate one item and queue it; hand the batch to the writer when it is full."""
+    def check(self, item: Any) -> None:
+        """Validate one item and queue it."""
         version = parse_version(item)
         if version.idx <= self.last_index:
             raise FeedItemInvalid(
@@ -294,17 +295,30 @@ class _Pull:
             )
         self.last_index = version.idx
         self.pending.append(version)
-        if len(self.pending) >= COMMIT_EVERY_VERSIONS:
-            await self.commit(encode_cursor(version.idx + 1))
 
-    async def commit(self, cursor: str | None = None) -> None:
-        """Hand the queued versions and ``cursor`` (default: just after the last) to the writer."""
+    async def accept(self, item: Any) -> None:
+        """Validate one item and queue it; hand the batch to the writer when it is full."""
+        self.check(item)
+        await self.commit_full()
+
+    async def commit_full(self) -> None:
+        """Hand full batches of :data:`COMMIT_EVERY_VERSIONS` to the writer."""
+        while len(self.pending) >= COMMIT_EVERY_VERSIONS:
+            batch = self.pending.take(COMMIT_EVERY_VERSIONS)
+            await self.commit(encode_cursor(batch.idx[-1] + 1), batch)
+
+    async def commit(self, cursor: str | None = None, batch: VersionBatch | None = None) -> None:
+        """Hand ``batch`` (default: all queued versions) and ``cursor`` to the writer.
+
+        ``cursor`` defaults to just after the batch's last version.
+        """
+        if batch is None:
+            batch, self.pending = self.pending, VersionBatch()
         if cursor is None:
-            if not self.pending:
+            if not batch.idx:
                 return
-            cursor = encode_cursor(self.pending[-1].idx + 1)
+            cursor = encode_cursor(batch.idx[-1] + 1)
         await self.drain()
-        batch, self.pending = self.pending, []
         apply = functools.partial(
             self.store.apply, batch, cursor, log_size=self.result.log_size, reset=self.reset
         )
@@ -368,7 +382,7 @@ class _Pull:
                 raise FeedInterrupted("feed stream ended without its trailer")
             if end.get("count") != received or type(end.get("has_more")) is not bool:
                 # Lines may be missing: committing what arrived could skip some.
-                self.pending.clear()
+                self.pending = VersionBatch()
                 raise FeedItemInvalid(
                     None, f"stream trailer {end!r} does not match the {received} versions sent"
                 )
@@ -448,11 +462,10 @@ async def pull(
         result.streamed = stream and (position is None or behind > page_size)
         if progress is not None:
             progress(result)
-        bulk = resync or store.is_empty()
-        if bulk:
-            store.drop_signal_index()
+        if resync or store.is_empty():
+            store.begin_bulk_load()
         else:
-            store.ensure_signal_index()  # after an interrupted bulk load
+            store.ensure_indexes()  # after an interrupted bulk load
         # One writer thread: the store's connection is never used by two at once.
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hashfed-store")
         try:
@@ -460,13 +473,14 @@ async def pull(
             await _run(job, page_size, result)
         except Exception:
             writer.shutdown(wait=True)
-            store.ensure_signal_index()
+            store.end_bulk_load()
             raise
         finally:
             # Whatever happened (a cancel included), the batch handed over
             # finishes, committed or rolled back, before the lock is released.
+            # A cancel leaves the id index to the next pull.
             writer.shutdown(wait=True)
-        store.ensure_signal_index()
+        store.end_bulk_load()
         result.checkpoint_size = verified.checkpoint.size
         result.log_key_first_use = verified.first_use
         result.proved_index = await spot_check(client, store, verified)

@@ -124,10 +124,10 @@ async def assert_mirrors_feed(fed: Federation, client: FederationClient, store: 
     assert store.counts() == sorted((t, s, n) for (t, s), n in by_state.items())
 
 
-def has_signal_index(store: LocalStore) -> bool:
+def has_id_index(store: LocalStore) -> bool:
     conn = sqlite3.connect(store.path)
     found = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'ix_records_signal'"
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'ix_records_id'"
     ).fetchone()
     conn.close()
     return found is not None
@@ -242,7 +242,7 @@ async def test_full_pull_mirrors_the_feed(
     assert result.new + result.updated + result.tombstones + result.skipped == len(feed)
     assert result.tombstones == 6
     await assert_mirrors_feed(fed, member, store)
-    assert has_signal_index(store)  # dropped for the bulk load, built at its end
+    assert has_id_index(store)  # dropped for the bulk load, built at its end
     assert store.binding == (fed.url, "alpha")
     assert decode_cursor(store.cursor) == feed[-1]["index"] + 1
 
@@ -317,7 +317,7 @@ async def test_an_interrupted_pull_resumes_exactly_where_it_stopped(
             await pull(member, store, progress=stop_after_two_commits, **options)
         [committed] = stopped_at  # 14 streamed (two batches of 7); 16 paged (7, 9, 7 + 9)
         assert versions_covered(feed, store) == committed
-        assert has_signal_index(store)
+        assert has_id_index(store)
         assert 0 < len(store_rows(store)) <= committed
         resumed = await pull(member, store, **options)
         assert resumed.versions == total - committed and resumed.skipped == 0
@@ -355,9 +355,9 @@ async def test_an_interrupted_pull_resumes_exactly_where_it_stopped(
         kept = versions_covered(feed, store)
         assert 7 <= kept < total
         assert len(store_rows(store)) <= kept
-        assert not has_signal_index(store)  # a cancel leaves it to the next pull
+        assert not has_id_index(store)  # a cancel leaves it to the next pull
         resumed = await pull(member, store, **options)
-        assert has_signal_index(store)
+        assert has_id_index(store)
         assert resumed.versions == total - kept and resumed.skipped == 0
         assert store_rows(store) == expected
 
@@ -466,21 +466,11 @@ async def test_a_cursor_the_server_refuses_needs_a_deliberate_resync(
     # A record the server does not have (the server was restored from a backup, say).
     stray = store_rows(store)[0]
     conn = sqlite3.connect(store.path)
+    stray_id = record_id("md5", md5("stray"))
+    leaf = canonical_json(_item(index=10**6, value=md5("stray"), record=stray_id))
     conn.execute(
-        "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            record_id("md5", md5("stray")),
-            "md5",
-            md5("stray"),
-            "approved",
-            "[]",
-            "[]",
-            1,
-            10**6,
-            "c" * 64,
-            0,
-            b"{}",
-        ),
+        "INSERT INTO records (idx, id, signal_type, value, state, leaf) VALUES (?, ?, ?, ?, ?, ?)",
+        (10**6, stray_id, "md5", md5("stray"), "approved", leaf),
     )
     conn.commit()
     conn.close()
