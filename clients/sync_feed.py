@@ -20,6 +20,12 @@ Policies:
   :class:`FeedItemInvalid` naming its index; the versions before it are
   committed, it and everything after are not, so the next pull fails the
   same way until the server is fixed — loudly, never wedged in silence.
+  A stream is checked a list of lines at a time, column by column
+  (:func:`parse_lines`); a list that fails goes through :func:`parse_version`
+  line by line, which finds the bad item and says what is wrong with it.
+- **Leaves.** A streamed line is the log leaf's exact bytes, and is stored
+  as it came; a JSON page's items are encoded again (canonical JSON, which
+  is what the server's leaves are).
 - **Resync.** If the server refuses the store's cursor, or its log is
   shorter than what the store already pulled (a reset or restored server),
   :class:`CursorRejected` is raised and nothing changes. A full resync is
@@ -34,10 +40,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import operator
+import re
 import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import chain, islice
 from typing import Any, cast
 
 import aiohttp
@@ -57,7 +66,7 @@ from clients.store import (
 from clients.verify import remember, spot_check, verify_checkpoint
 from federation.log.feed import MAX_PAGE, decode_cursor, encode_cursor
 from federation.protocol.problems import HashfedError
-from federation.protocol.signals import normalize_signal, record_id
+from federation.protocol.signals import normalize_signal, record_id, record_ids
 from federation.protocol.statements import canonical_json
 
 # Versions per store transaction (each commits its cursor). Every commit writes
@@ -135,7 +144,140 @@ _STRING_FIELDS = ("record", "signal_type", "value", "state", "cause")
 _INT64 = 2**63  # integers the store (SQLite INTEGER) can hold
 
 
-def parse_version(item: Any) -> RecordVersion:
+def _canonical_version() -> re.Pattern[str]:
+    """A line holding one version leaf exactly as this client knows it, canonical JSON.
+
+    Members in sorted order, no whitespace, strings without escapes, integers
+    in JSON's form and in the store's range, a known kind and state: whatever
+    it accepts is JSON that :func:`parse_version`'s shape and type checks
+    accept too. It captures what the store's row needs: index, record,
+    signal_type, state and value. Anything else (a member a newer server
+    added, an escaped string) is left to the slower, general checks.
+    """
+    text = r'"[^"\\\x00-\x1f]*"'  # a JSON string with no escape and no control character
+    texts = rf"(?:{text}(?:,{text})*)?"
+    natural = r"(?:0|[1-9][0-9]{0,17})"  # below 10**18 < 2**63
+    integer = rf"-?{natural}"
+    states = "|".join(re.escape(state) for state in sorted(STATES))
+    return re.compile(
+        r'^\{"cause":"[0-9a-f]{64}"'
+        rf',"contributors":\[{texts}\]'
+        r',"disputed":(?:true|false)'
+        rf',"index":({natural})'
+        r',"kind":"version"'
+        rf',"labels":\[{texts}\]'
+        rf',"opinions":\{{(?:{text}:{integer}(?:,{text}:{integer})*)?\}}'
+        r',"record":"([0-9a-f]{32})"'
+        r',"signal_type":"([a-z0-9_]{1,40})"'
+        rf',"state":"({states})"'
+        rf',"time":{integer}'
+        r',"value":"([^"\\\x00-\x1f]*)"'
+        r',"version":[1-9][0-9]{0,17}\}$',
+        re.MULTILINE,
+    )
+
+
+_CANONICAL = _canonical_version()
+_MEMBERS = operator.itemgetter(
+    "kind", "index", "record", "version", "signal_type", "value", "state", "labels",
+    "contributors", "cause", "time",
+)  # fmt: skip
+_STR = frozenset({str})
+_INT = frozenset({int})
+_LIST = frozenset({list})
+_KIND = frozenset({"version"})
+
+
+def parse_lines(lines: list[bytes], after: int) -> VersionBatch | None:
+    """The versions of a list of streamed lines, if every line is a well-formed one.
+
+    The checks of :func:`parse_version`, over the whole list at once (C
+    loops rather than Python ones), plus log indices strictly increasing
+    from above ``after``. The lines themselves are the leaves. Returns None
+    if any line fails, or is not a version at all (the trailer, a blank
+    line, not JSON): :func:`parse_version` then takes the lines one by one,
+    to stop at the right one with the right complaint.
+    """
+    if not lines:
+        return VersionBatch()
+    try:
+        text = b"\n".join(lines).decode()
+    except UnicodeDecodeError:
+        text = ""
+    found = _CANONICAL.findall(text)
+    if len(found) == len(lines) and text.count("\n") == len(lines) - 1:
+        # Every line is a canonical version leaf: only the values are left to check.
+        digits, records, types, states, values = map(list, zip(*found, strict=True))
+        return _checked(list(map(int, digits)), records, types, values, states, lines, after)
+    return _parse_json_lines(lines, after)
+
+
+def _checked(
+    indices: list[int],
+    records: list[str],
+    types: list[str],
+    values: list[str],
+    states: list[str],
+    lines: list[bytes],
+    after: int,
+) -> VersionBatch | None:
+    """The batch, if the indices increase from above ``after`` and every value and id is right."""
+    try:
+        well_formed = (
+            indices[0] > after
+            and all(map(operator.lt, indices, islice(indices, 1, None)))
+            and list(map(normalize_signal, types, values)) == values
+            and record_ids(types, values) == records
+        )
+    except HashfedError:  # an unknown type, a value the type refuses
+        return None
+    return VersionBatch(indices, records, types, values, states, lines) if well_formed else None
+
+
+def _parse_json_lines(lines: list[bytes], after: int) -> VersionBatch | None:
+    """:func:`parse_lines` for lines that are not canonical leaves as this client knows them."""
+    loads = orjson.loads
+    try:
+        items = list(map(loads, lines))
+        columns = list(zip(*map(_MEMBERS, items), strict=True))
+    except (orjson.JSONDecodeError, KeyError, TypeError):  # not JSON, a member missing, no dict
+        return None
+    if not columns:
+        return VersionBatch()
+    kinds, indices, records, versions, types, values, states, labels, contributors, causes, at = (
+        columns
+    )
+    try:
+        well_formed = (
+            _KIND.issuperset(kinds)
+            and _INT.issuperset(map(type, indices))
+            and indices[-1] < _INT64
+            and _STR.issuperset(map(type, records))
+            and _STR.issuperset(map(type, types))
+            and _STR.issuperset(map(type, values))
+            and _STR.issuperset(map(type, causes))
+            and STATES.issuperset(states)  # strings, since the set holds only strings
+            and _INT.issuperset(map(type, versions))
+            and min(versions) >= 1
+            and max(versions) < _INT64
+            and _INT.issuperset(map(type, at))
+            and min(at) >= -_INT64
+            and max(at) < _INT64
+            and _LIST.issuperset(map(type, labels))
+            and _LIST.issuperset(map(type, contributors))
+            and _STR.issuperset(map(type, chain.from_iterable(labels)))
+            and _STR.issuperset(map(type, chain.from_iterable(contributors)))
+        )
+    except TypeError:  # an unhashable kind or state; values that do not compare
+        return None
+    if not well_formed:
+        return None
+    return _checked(
+        list(indices), list(records), list(types), list(values), list(states), lines, after
+    )
+
+
+def parse_version(item: Any, leaf: bytes | None = None) -> RecordVersion:
     """Check one feed item and return it as a :class:`RecordVersion`.
 
     Raises :class:`FeedItemInvalid` (with the item's index when it has a
@@ -143,6 +285,8 @@ def parse_version(item: Any) -> RecordVersion:
     types, an unknown state, a signal value that is not in normal form or a
     record id that does not belong to the signal. Members the client does not
     know are ignored (newer servers may add some) but kept in the leaf.
+    ``leaf`` is the item's exact bytes when the stream gave them; otherwise
+    the item is encoded again.
     """
     # The hot path: one pass of cheap checks; the precise complaint is worked
     # out by _diagnose only for an item that fails them.
@@ -197,9 +341,10 @@ def parse_version(item: Any) -> RecordVersion:
         raise FeedItemInvalid(
             index, f"record id {record!r} does not match the signal (expected {expected})"
         )
-    # The server's leaf is canonical JSON of exactly this object, so encoding it
-    # again gives the leaf's bytes (what a Merkle proof covers).
-    leaf = canonical_json(item)
+    if leaf is None:
+        # The server's leaf is canonical JSON of exactly this object, so encoding
+        # it again gives the leaf's bytes (what a Merkle proof covers).
+        leaf = canonical_json(item)
     return RecordVersion(
         index,
         record,
@@ -284,9 +429,9 @@ class _Pull:
         self.pending = VersionBatch()
         self.committing: tuple[asyncio.Future[ApplyCounts], int, str] | None = None
 
-    def check(self, item: Any) -> None:
+    def check(self, item: Any, leaf: bytes | None = None) -> None:
         """Validate one item and queue it."""
-        version = parse_version(item)
+        version = parse_version(item, leaf)
         if version.idx <= self.last_index:
             raise FeedItemInvalid(
                 version.idx,
@@ -300,6 +445,33 @@ class _Pull:
         """Validate one item and queue it; hand the batch to the writer when it is full."""
         self.check(item)
         await self.commit_full()
+
+    def check_lines(self, lines: list[bytes]) -> dict[str, Any] | None:
+        """Validate streamed lines and queue their versions; returns the trailer if one came.
+
+        Lines after the trailer are ignored. A bad line raises
+        :class:`FeedItemInvalid` (or ``orjson.JSONDecodeError``) with the good
+        lines before it queued.
+        """
+        rest: list[bytes] = []  # the lines to take one by one
+        batch = parse_lines(lines, self.last_index)
+        if batch is None and len(lines) > 1:  # the last list, ending with the trailer, say
+            batch = parse_lines(lines[:-1], self.last_index)
+            rest = lines[-1:]
+        if batch is None:
+            rest = lines
+        elif batch.idx:
+            self.last_index = batch.idx[-1]
+            self.pending.extend(batch)
+        loads = orjson.loads
+        for line in rest:
+            if not line.strip():
+                continue
+            item = loads(line)
+            if type(item) is dict and item.get("kind") == "end":
+                return item
+            self.check(item, line)
+        return None
 
     async def commit_full(self) -> None:
         """Hand full batches of :data:`COMMIT_EVERY_VERSIONS` to the writer."""
@@ -325,6 +497,10 @@ class _Pull:
         self.reset = False
         future = asyncio.get_running_loop().run_in_executor(self.writer, apply)
         self.committing = (future, len(batch), cursor)
+
+    def handed_over(self) -> int:
+        """Versions handed to the writer and not yet accounted for."""
+        return 0 if self.committing is None else self.committing[1]
 
     async def drain(self) -> None:
         """Wait for the writer's batch to commit and account for it."""
@@ -365,21 +541,22 @@ class _Pull:
     async def from_stream(self) -> None:
         while True:
             self.result.requests += 1
-            received = 0
+            # Versions received in this request (committed or queued).
+            first = self.result.versions + len(self.pending) + self.handed_over()
             end: dict[str, Any] | None = None
             stream = cast(
-                AsyncGenerator[dict[str, Any], None],
-                self.client.stream_feed(self.after, limit=STREAM_REQUEST_VERSIONS),
+                AsyncGenerator[list[bytes], None],
+                self.client.stream_feed_lines(self.after, limit=STREAM_REQUEST_VERSIONS),
             )
             async with contextlib.aclosing(stream):
-                async for item in stream:
-                    if type(item) is dict and item.get("kind") == "end":
-                        end = item
+                async for lines in stream:
+                    end = self.check_lines(lines)
+                    if end is not None:
                         break
-                    await self.accept(item)
-                    received += 1
+                    await self.commit_full()
             if end is None:
                 raise FeedInterrupted("feed stream ended without its trailer")
+            received = self.result.versions + len(self.pending) + self.handed_over() - first
             if end.get("count") != received or type(end.get("has_more")) is not bool:
                 # Lines may be missing: committing what arrived could skip some.
                 self.pending = VersionBatch()
