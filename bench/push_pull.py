@@ -7,7 +7,8 @@ pushes the items through :meth:`FederationClient.submit` with bounded
 concurrency, then pulls the whole feed as JSON pages and as one NDJSON stream;
 ``--pull store`` also pulls it into a fresh local store (``hashfed pull``'s
 :func:`clients.sync_feed.pull`), so that its client CPU per version can be set
-against the raw NDJSON pull's (``--pull ndjson,store --repeat 3``).
+against the raw NDJSON pull's (``--pull ndjson,lines,store --repeat 3``;
+``lines`` reads the stream's lines without decoding any: the transport alone).
 
 Prints records/s for each phase, the CPU each side used (this process, the
 server process, the rest of the machine: PostgreSQL), the server's peak RSS,
@@ -612,6 +613,23 @@ async def pull_ndjson(client: FederationClient, expected: int) -> tuple[int, int
             return versions, requests
 
 
+async def pull_lines(client: FederationClient, expected: int) -> tuple[int, int]:
+    """Stream the feed as raw lines, decoding none (the transport alone); (versions, requests)."""
+    versions = requests = 0
+    cursor: str | None = None
+    while True:
+        requests += 1
+        last = b""
+        async for lines in client.stream_feed_lines(cursor, limit=max(expected, 1) + 1000):
+            versions += len(lines)
+            last = lines[-1]
+        end = orjson.loads(last)
+        versions -= 1  # the trailer
+        cursor = end["next_cursor"]
+        if not end["has_more"]:
+            return versions, requests
+
+
 async def pull_store(client: FederationClient, path: Path) -> tuple[int, int]:
     """Pull the whole feed into a fresh local store at ``path``; (versions, requests)."""
     with LocalStore.open(path) as store:
@@ -668,6 +686,8 @@ async def bench_backend(
                             versions, requests = await pull_json(client)
                         elif mode == "ndjson":
                             versions, requests = await pull_ndjson(client, len(items))
+                        elif mode == "lines":
+                            versions, requests = await pull_lines(client, len(items))
                         else:
                             store_path = work_dir / f"store-{round_}.db"
                             versions, requests = await pull_store(client, store_path)
@@ -721,7 +741,7 @@ def directory_mib(path: Path) -> float:
     return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20, 1)
 
 
-PULL_MODES = ("json", "ndjson", "store")
+PULL_MODES = ("json", "ndjson", "lines", "store")
 
 
 def pull_modes(choice: str) -> list[str]:
@@ -829,11 +849,14 @@ def print_store_overhead(run: dict[str, Any]) -> None:
     raw, store = best["ndjson"], best["store"]
     cpu = store["client_us_per_record"] / raw["client_us_per_record"] - 1
     wall = store["seconds"] / raw["seconds"] - 1
+    both = (store["client_cpu_s"] + store["server_cpu_s"]) / (
+        raw["client_cpu_s"] + raw["server_cpu_s"]
+    ) - 1
     print(
         f"\n{run['backend']}: the store pull adds {cpu:+.0%} client CPU per version "
-        f"({raw['client_us_per_record']} -> {store['client_us_per_record']} us) and {wall:+.0%} "
-        f"wall time ({raw['seconds']} -> {store['seconds']} s) to the raw NDJSON pull "
-        "(least client CPU of the rounds)"
+        f"({raw['client_us_per_record']} -> {store['client_us_per_record']} us), {both:+.0%} "
+        f"client + server CPU and {wall:+.0%} wall time ({raw['seconds']} -> "
+        f"{store['seconds']} s) to the raw NDJSON pull (least client CPU of the rounds)"
     )
 
 
@@ -872,7 +895,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--pull",
         default="both",
         help="pull phases: 'both' (json, ndjson) or a comma-separated list of "
-        f"{', '.join(PULL_MODES)} (store: into a fresh local store, as 'hashfed pull' does)",
+        f"{', '.join(PULL_MODES)} (lines: NDJSON lines read, none decoded; store: into a "
+        "fresh local store, as 'hashfed pull' does)",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="run the pull phases this many rounds (noise)"
