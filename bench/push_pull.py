@@ -4,7 +4,11 @@ Starts ``hashfed server init`` + ``hashfed server run`` as a subprocess on a fre
 port with a temporary data directory (and, for PostgreSQL, a fresh database
 ``hashfed_bench_<random>`` dropped at the end), admits one member organisation,
 pushes the items through :meth:`FederationClient.submit` with bounded
-concurrency, then pulls the whole feed as JSON pages and as one NDJSON stream.
+concurrency, then pulls the whole feed as JSON pages and as one NDJSON stream;
+``--pull store`` also pulls it into a fresh local store (``hashfed pull``'s
+:func:`clients.sync_feed.pull`), so that its client CPU per version can be set
+against the raw NDJSON pull's (``--pull ndjson,lines,store --repeat 3``;
+``lines`` reads the stream's lines without decoding any: the transport alone).
 
 Prints records/s for each phase, the CPU each side used (this process, the
 server process, the rest of the machine: PostgreSQL), the server's peak RSS,
@@ -42,10 +46,12 @@ import asyncpg
 import orjson
 
 # Run as a script, this directory is on sys.path: the benches share bench/common.py.
-from common import file_tail, free_port, log
+from common import code_state, file_tail, free_port, log
 from sqlalchemy.engine import make_url
 
 from clients.client import FederationClient, Identity
+from clients.store import LocalStore
+from clients.sync_feed import pull as pull_into_store
 from federation.protocol.keys import generate_private_key, load_private_key
 from federation.protocol.statements import StatementType
 
@@ -519,6 +525,7 @@ class PhaseResult:
     postgres_cpu_s: float
     other_cpu_s: float
     records_per_server_cpu_s: float
+    client_us_per_record: float
     server_runqueue_wait_s: float
     server_vmhwm_mib: float
     server_vmrss_mib: float
@@ -540,6 +547,7 @@ def phase_result(
         postgres_cpu_s=round(cpu["postgres_cpu_s"], 2),
         other_cpu_s=round(cpu["other_cpu_s"], 2),
         records_per_server_cpu_s=round(records / cpu["server_cpu_s"]) if cpu["server_cpu_s"] else 0,
+        client_us_per_record=round(cpu["client_cpu_s"] / records * 1e6, 2) if records else 0.0,
         server_runqueue_wait_s=round(cpu["server_runqueue_wait_s"], 2),
         server_vmhwm_mib=round(mem["VmHWM"] / 1024, 1),
         server_vmrss_mib=round(mem["VmRSS"] / 1024, 1),
@@ -605,6 +613,32 @@ async def pull_ndjson(client: FederationClient, expected: int) -> tuple[int, int
             return versions, requests
 
 
+async def pull_lines(client: FederationClient, expected: int) -> tuple[int, int]:
+    """Stream the feed as raw lines, decoding none (the transport alone); (versions, requests)."""
+    versions = requests = 0
+    cursor: str | None = None
+    while True:
+        requests += 1
+        last = b""
+        async for lines in client.stream_feed_lines(cursor, limit=max(expected, 1) + 1000):
+            versions += len(lines)
+            last = lines[-1]
+        end = orjson.loads(last)
+        versions -= 1  # the trailer
+        cursor = end["next_cursor"]
+        if not end["has_more"]:
+            return versions, requests
+
+
+async def pull_store(client: FederationClient, path: Path) -> tuple[int, int]:
+    """Pull the whole feed into a fresh local store at ``path``; (versions, requests)."""
+    with LocalStore.open(path) as store:
+        result = await pull_into_store(client, store)
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    return result.versions, result.requests
+
+
 async def admit_member(server: Server) -> Identity:
     governance = load_private_key(server.data_dir / "keys" / "governance.key")
     member_key = generate_private_key()
@@ -645,13 +679,18 @@ async def bench_backend(
                 phases.append(phase_result("push", counts["accepted"], cpu, server, **counts))
                 add_hotspots(phases[-1], profile_path(args, backend, "push"), backend)
                 log(f"  push: {phases[-1].records_per_s:,.0f} records/s")
-                for mode in pull_modes(args.pull):
+                for round_, mode in enumerate(pull_modes(args.pull) * args.repeat):
                     async with profiled(server, profile_path(args, backend, f"pull-{mode}")):
                         meter.start()
                         if mode == "json":
                             versions, requests = await pull_json(client)
-                        else:
+                        elif mode == "ndjson":
                             versions, requests = await pull_ndjson(client, len(items))
+                        elif mode == "lines":
+                            versions, requests = await pull_lines(client, len(items))
+                        else:
+                            store_path = work_dir / f"store-{round_}.db"
+                            versions, requests = await pull_store(client, store_path)
                         cpu = meter.stop()
                     if versions != len(items):
                         raise RuntimeError(
@@ -661,7 +700,10 @@ async def bench_backend(
                         phase_result(f"pull {mode}", versions, cpu, server, requests=requests)
                     )
                     add_hotspots(phases[-1], profile_path(args, backend, f"pull-{mode}"), backend)
-                    log(f"  pull {mode}: {phases[-1].records_per_s:,.0f} records/s")
+                    log(
+                        f"  pull {mode}: {phases[-1].records_per_s:,.0f} records/s, "
+                        f"client {phases[-1].client_us_per_record} us CPU/version"
+                    )
             db_size = directory_mib(server.data_dir) if backend == "sqlite" else None
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -699,8 +741,18 @@ def directory_mib(path: Path) -> float:
     return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20, 1)
 
 
+PULL_MODES = ("json", "ndjson", "lines", "store")
+
+
 def pull_modes(choice: str) -> list[str]:
-    return ["json", "ndjson"] if choice == "both" else [choice]
+    """``both`` (JSON pages, then NDJSON) or a comma-separated list of :data:`PULL_MODES`."""
+    if choice == "both":
+        return ["json", "ndjson"]
+    modes = [m.strip() for m in choice.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in PULL_MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"unknown pull mode(s) {unknown}: use {PULL_MODES}")
+    return modes
 
 
 # Output
@@ -713,6 +765,7 @@ def print_table(report: dict[str, Any]) -> None:
         f"Python {m['python']}, Linux {m['kernel']}"
     )
     print(f"server code: {report['server_code']}")
+    print(f"code: {report['code']}")
     s = report["client_signing"]
     stages = ", ".join(f"{k} {v} ms" for k, v in s["ms_per_batch"].items())
     parts = ", ".join(f"{k} {v} ms" for k, v in s["of_which_ms"].items())
@@ -767,6 +820,8 @@ def print_table(report: dict[str, Any]) -> None:
                 )
             )
     for run in report["runs"]:
+        print_store_overhead(run)
+    for run in report["runs"]:
         if run["sqlite_data_dir_mib"] is not None:
             print(f"\nSQLite data directory after the run: {run['sqlite_data_dir_mib']:,} MiB")
     print(
@@ -777,6 +832,31 @@ def print_table(report: dict[str, Any]) -> None:
         "server's threads were\nrunnable but waiting for a core (schedstat); srv peak RSS: "
         "VmHWM of the server so far.\n"
         f"load average (1 min) at the end: {m['loadavg_1m_at_end']:.2f}"
+    )
+
+
+def print_store_overhead(run: dict[str, Any]) -> None:
+    """What pulling into the local store adds to the raw NDJSON pull (best round of each)."""
+    best: dict[str, dict[str, Any]] = {}
+    for p in run["phases"]:
+        mode = p["phase"].removeprefix("pull ")
+        if mode in ("ndjson", "store") and (
+            mode not in best or p["client_cpu_s"] < best[mode]["client_cpu_s"]
+        ):
+            best[mode] = p
+    if len(best) < 2:
+        return
+    raw, store = best["ndjson"], best["store"]
+    cpu = store["client_us_per_record"] / raw["client_us_per_record"] - 1
+    wall = store["seconds"] / raw["seconds"] - 1
+    both = (store["client_cpu_s"] + store["server_cpu_s"]) / (
+        raw["client_cpu_s"] + raw["server_cpu_s"]
+    ) - 1
+    print(
+        f"\n{run['backend']}: the store pull adds {cpu:+.0%} client CPU per version "
+        f"({raw['client_us_per_record']} -> {store['client_us_per_record']} us), {both:+.0%} "
+        f"client + server CPU and {wall:+.0%} wall time ({raw['seconds']} -> "
+        f"{store['seconds']} s) to the raw NDJSON pull (least client CPU of the rounds)"
     )
 
 
@@ -799,6 +879,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "machine": machine_info(),
         "server_code": code_fingerprint(),
+        "code": code_state(),
         "client_signing": signing,
         "runs": runs,
     }
@@ -810,7 +891,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=5_000, help="items per signed statement")
     parser.add_argument("--concurrency", type=int, default=2, help="push requests in flight")
-    parser.add_argument("--pull", choices=("json", "ndjson", "both"), default="both")
+    parser.add_argument(
+        "--pull",
+        default="both",
+        help="pull phases: 'both' (json, ndjson) or a comma-separated list of "
+        f"{', '.join(PULL_MODES)} (lines: NDJSON lines read, none decoded; store: into a "
+        "fresh local store, as 'hashfed pull' does)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the pull phases this many rounds (noise)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--pg-admin-url",
@@ -826,8 +916,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "and print its hotspots; the figures then include py-spy's overhead",
     )
     args = parser.parse_args(argv)
-    if args.records < 1 or args.batch < 1 or args.concurrency < 1:
-        parser.error("--records, --batch and --concurrency must be positive")
+    if args.records < 1 or args.batch < 1 or args.concurrency < 1 or args.repeat < 1:
+        parser.error("--records, --batch, --concurrency and --repeat must be positive")
+    try:
+        pull_modes(args.pull)
+    except argparse.ArgumentTypeError as err:
+        parser.error(str(err))
     return args
 
 

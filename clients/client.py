@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 NDJSON = "application/x-ndjson"
+STREAM_READ_BYTES = 256 * 1024  # decompressed bytes read at a time by stream_feed_lines
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,51 @@ class FederationClient:
         A stream that stops before its trailer raises ``TransportError``: the
         caller must not advance its cursor past what it received.
         """
+        async with self._feed_stream(after, limit) as resp:
+            ended = False
+            try:
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    item = orjson.loads(line)
+                    if item.get("kind") == "end":
+                        ended = True
+                    yield item
+            except aiohttp.ClientPayloadError as exc:
+                raise TransportError(f"feed stream broke off: {exc}") from exc
+            if not ended:
+                raise TransportError("feed stream ended without its trailer (truncated)")
+
+    async def stream_feed_lines(
+        self, after: str | None = None, limit: int | None = None
+    ) -> AsyncIterator[list[bytes]]:
+        """Stream the feed as NDJSON (gzip); yields its raw lines in lists, as they arrive.
+
+        Each line is the exact bytes of one log leaf (a version), and the last
+        one the ``end`` trailer; blank lines are passed on. Nothing is decoded:
+        this is for bulk consumers (``hashfed pull``) that decode a whole list
+        at once and keep the leaf bytes. A stream that breaks off raises
+        ``TransportError``; one that ends without its trailer (a last line
+        that is not the trailer, or cut short) is the caller's to notice.
+        """
+        async with self._feed_stream(after, limit) as resp:
+            rest = b""
+            try:
+                async for chunk in resp.content.iter_chunked(STREAM_READ_BYTES):
+                    lines = (rest + chunk).split(b"\n")
+                    rest = lines.pop()
+                    if lines:
+                        yield lines
+            except aiohttp.ClientPayloadError as exc:
+                raise TransportError(f"feed stream broke off: {exc}") from exc
+            if rest:
+                yield [rest]
+
+    @contextlib.asynccontextmanager
+    async def _feed_stream(
+        self, after: str | None, limit: int | None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The signed NDJSON feed request's response, once its status says it streams."""
         params: dict[str, str | int] = {}
         if after:
             params["after"] = after
@@ -219,19 +266,7 @@ class FederationClient:
                 raise error_for(
                     resp.status, resp.headers.get("Content-Type", ""), await resp.read()
                 )
-            ended = False
-            try:
-                async for line in resp.content:
-                    if not line.strip():
-                        continue
-                    item = orjson.loads(line)
-                    if item.get("kind") == "end":
-                        ended = True
-                    yield item
-            except aiohttp.ClientPayloadError as exc:
-                raise TransportError(f"feed stream broke off: {exc}") from exc
-            if not ended:
-                raise TransportError("feed stream ended without its trailer (truncated)")
+            yield resp
 
     async def get_record(self, record_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.get_json(f"/v1/records/{record_id}")

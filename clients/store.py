@@ -7,6 +7,14 @@ store to one server and organisation and holds the feed cursor, which is
 written in the same transaction as the versions it covers: a pull that stops
 anywhere resumes exactly after the last committed version.
 
+The row is narrow: the columns something looks records up or filters them
+by (log index, record id, signal type and value, state) and the exact leaf
+bytes, which hold everything else (labels, contributors, version, cause,
+time, disputed). It is keyed by the log index, so a pull appends rows in log
+order instead of inserting them at random record-id positions, and "what
+changed since log index N" (the matcher's refresh, the inclusion spot
+check) is a range read; a unique index finds a record by id.
+
 The schema is the client's own (Alembic owns only the server's): a
 ``schema_version`` in ``meta`` and forward migrations in :data:`MIGRATIONS`.
 """
@@ -21,16 +29,21 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000  # readers (status, export) may briefly wait for a pull's commit
 LOCK_SUFFIX = ".lock"
 CACHE_KIB = 128 * 1024  # SQLite page cache per connection
+# Page size of a new store (an existing one keeps its own): a pull appends rows
+# of ~500 bytes, and bigger pages mean fewer pages to log, checksum and copy.
+PAGE_BYTES = 16 * 1024
 
 # Record states (the server's governance rules). Consumers are shown approved
 # versions and tombstones only; pending and rejected ones never reach the feed.
@@ -77,32 +90,38 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
-)
-# The index matching looks signals up by. A pull into an empty store drops it
-# and builds it once at the end: sorting once is far cheaper than keeping a
-# B-tree of random hash values up to date row by row.
-_CREATE_SIGNAL_INDEX = (
-    "CREATE INDEX IF NOT EXISTS ix_records_signal ON records (signal_type, value)"
+    # 2: the narrow row keyed by log index. Labels, contributors, version,
+    # cause and time are read from the leaf, which always held them. Nothing
+    # looked records up by (signal_type, value): matching finds them by id.
+    (
+        """
+        CREATE TABLE records_v2 (
+            idx INTEGER PRIMARY KEY,     -- log index of the head version
+            id TEXT NOT NULL,            -- record id
+            signal_type TEXT NOT NULL,
+            value TEXT NOT NULL,
+            state TEXT NOT NULL,
+            leaf BLOB NOT NULL           -- exact log leaf of the head version
+        )
+        """,
+        """
+        INSERT INTO records_v2 (idx, id, signal_type, value, state, leaf)
+        SELECT idx, id, signal_type, value, state, leaf FROM records ORDER BY idx
+        """,
+        "DROP TABLE records",  # and its index ix_records_signal
+        "ALTER TABLE records_v2 RENAME TO records",
+        "CREATE UNIQUE INDEX ix_records_id ON records (id)",
+    ),
 )
 
-_UPSERT = """
-INSERT INTO records
-    (id, signal_type, value, state, labels, contributors, version, idx, cause, time, leaf)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET
-    signal_type = excluded.signal_type,
-    value = excluded.value,
-    state = excluded.state,
-    labels = excluded.labels,
-    contributors = excluded.contributors,
-    version = excluded.version,
-    idx = excluded.idx,
-    cause = excluded.cause,
-    time = excluded.time,
-    leaf = excluded.leaf
-WHERE excluded.idx > records.idx
-"""
+# Finding a record by id (matching, verify, a pull's updates). A bulk load into
+# an empty store goes without it and builds it at the end: sorting once is far
+# cheaper than inserting random record ids into a B-tree row by row.
+_CREATE_ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS ix_records_id ON records (id)"
+_INSERT = "INSERT INTO records (idx, id, signal_type, value, state, leaf) VALUES (?, ?, ?, ?, ?, ?)"
+_DELETE = "DELETE FROM records WHERE idx = ?"
 _HEADS = "SELECT id, idx, state FROM records WHERE id IN (SELECT value FROM json_each(?))"
+_COLUMNS = "SELECT id, signal_type, value, state, idx, leaf FROM records"
 _COUNT = """
 INSERT INTO counts (signal_type, state, records) VALUES (?, ?, ?)
 ON CONFLICT (signal_type, state) DO UPDATE SET records = records + excluded.records
@@ -141,8 +160,8 @@ class StoreMissing(StoreError):
 class RecordVersion(NamedTuple):
     """One record version as the feed delivered it (validated), ready to apply.
 
-    A tuple of strings, integers and bytes only: a pull holds a batch of tens
-    of thousands of these, and the garbage collector need not track them.
+    A streamed pull collects versions as :class:`VersionBatch` columns
+    instead; JSON pages and tests build these.
     """
 
     idx: int  # log index
@@ -156,6 +175,65 @@ class RecordVersion(NamedTuple):
     cause: str
     time: int
     leaf: bytes
+
+
+@dataclass(slots=True)
+class VersionBatch:
+    """Validated record versions in log order, as columns (what :meth:`LocalStore.apply` writes).
+
+    Columns of strings, integers and bytes: a streamed pull extends them a
+    whole chunk of lines at a time, and the garbage collector need not track
+    their contents. ``leaf`` holds each version's exact log leaf; every other
+    member of the version (labels, contributors, ...) is read from it.
+    """
+
+    idx: list[int] = field(default_factory=list)
+    record: list[str] = field(default_factory=list)
+    signal_type: list[str] = field(default_factory=list)
+    value: list[str] = field(default_factory=list)
+    state: list[str] = field(default_factory=list)
+    leaf: list[bytes] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, versions: Iterable[RecordVersion]) -> VersionBatch:
+        batch = cls()
+        for v in versions:
+            batch.append(v)
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def append(self, v: RecordVersion) -> None:
+        self.idx.append(v.idx)
+        self.record.append(v.record)
+        self.signal_type.append(v.signal_type)
+        self.value.append(v.value)
+        self.state.append(v.state)
+        self.leaf.append(v.leaf)
+
+    def extend(self, other: VersionBatch) -> None:
+        self.idx.extend(other.idx)
+        self.record.extend(other.record)
+        self.signal_type.extend(other.signal_type)
+        self.value.extend(other.value)
+        self.state.extend(other.state)
+        self.leaf.extend(other.leaf)
+
+    def take(self, count: int) -> VersionBatch:
+        """Remove the first ``count`` versions and return them as a batch of their own."""
+        head = VersionBatch(
+            self.idx[:count],
+            self.record[:count],
+            self.signal_type[:count],
+            self.value[:count],
+            self.state[:count],
+            self.leaf[:count],
+        )
+        for column in (self.idx, self.record, self.signal_type, self.value, self.state):
+            del column[:count]
+        del self.leaf[:count]
+        return head
 
 
 @dataclass(slots=True)
@@ -173,15 +251,33 @@ class StoredRecord:
     cause: str
     time: int
     leaf: bytes
+    # Flagged in its version: an open dispute, or a false positive against a positive.
+    disputed: bool = False
+
+    @classmethod
+    def from_row(
+        cls, record: str, signal_type: str, value: str, state: str, idx: int, leaf: bytes
+    ) -> StoredRecord:
+        """The record from a stored row: what the row does not hold comes from the leaf."""
+        version = orjson.loads(leaf)
+        return cls(
+            record,
+            signal_type,
+            value,
+            state,
+            tuple(version["labels"]),
+            tuple(version["contributors"]),
+            version["version"],
+            idx,
+            version["cause"],
+            version["time"],
+            leaf,
+            bool(version.get("disputed", False)),
+        )
 
     @property
     def tombstone(self) -> bool:
         return self.state in TOMBSTONE_STATES
-
-    @property
-    def disputed(self) -> bool:
-        """Flagged in its version: an open dispute, or a false positive against a positive."""
-        return bool(orjson.loads(self.leaf).get("disputed", False))
 
     def export_fields(self) -> dict[str, Any]:
         """The record as an export line shows it (no leaf: proofs need the store)."""
@@ -255,6 +351,7 @@ class LocalStore:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
+        self._bulk: _NewIds | None = None  # set during a bulk load
 
     @classmethod
     def open(cls, path: str | Path, *, create: bool = True) -> LocalStore:
@@ -282,6 +379,7 @@ class LocalStore:
         )
         store = cls(path, conn)
         try:
+            conn.execute(f"PRAGMA page_size = {PAGE_BYTES}")  # no effect on an existing store
             conn.execute("PRAGMA journal_mode = WAL")
             # In WAL mode NORMAL never corrupts and never splits a transaction;
             # a power cut may lose the last commits, which the cursor then redoes.
@@ -456,22 +554,31 @@ class LocalStore:
         """Whether the store holds no record at all (a first pull, or after a wipe)."""
         return self._conn.execute("SELECT 1 FROM records LIMIT 1").fetchone() is None
 
-    def drop_signal_index(self) -> None:
-        """Drop the (signal_type, value) index before a bulk load into an empty store.
+    def begin_bulk_load(self) -> None:
+        """Load into an empty store (or one the next :meth:`apply` resets) without the id index.
 
-        :meth:`ensure_signal_index` builds it again; every pull calls that
-        first, so an interrupted bulk load never leaves the index missing for
-        long. Reads stay correct without it, only slower.
+        Until :meth:`end_bulk_load`, rows are appended without the record-id
+        index; the ids written are kept in memory (8 bytes each) to check that
+        no later version repeats a record, and if one might, the index is
+        built there and then and the load goes on as usual. Reads stay
+        correct without the index, only slower; if the load is interrupted,
+        :meth:`ensure_indexes` (every pull calls it first) builds it.
         """
-        self._conn.execute("DROP INDEX IF EXISTS ix_records_signal")
+        self._conn.execute("DROP INDEX IF EXISTS ix_records_id")
+        self._bulk = _NewIds()
 
-    def ensure_signal_index(self) -> None:
-        """Build the (signal_type, value) index if it is missing."""
-        self._conn.execute(_CREATE_SIGNAL_INDEX)
+    def end_bulk_load(self) -> None:
+        """Build the record-id index a bulk load went without."""
+        self._bulk = None
+        self.ensure_indexes()
+
+    def ensure_indexes(self) -> None:
+        """Build the record-id index if it is missing (after an interrupted bulk load)."""
+        self._conn.execute(_CREATE_ID_INDEX)
 
     def apply(
         self,
-        versions: Sequence[RecordVersion],
+        versions: VersionBatch | Sequence[RecordVersion],
         cursor: str,
         *,
         log_size: int | None = None,
@@ -484,56 +591,38 @@ class LocalStore:
         nothing. ``reset`` first deletes every record (a full resync) in the
         same transaction. ``log_size`` is the server's log size last seen.
         """
-        counts = ApplyCounts()
+        batch = versions if isinstance(versions, VersionBatch) else VersionBatch.of(versions)
+        keys = None
+        if self._bulk is not None:
+            keys = _NewIds.keys(batch.record)
+            if keys is None or not self._bulk.all_new(keys):
+                self.end_bulk_load()  # a record may repeat: find it by the index from now on
+                keys = None
         with self._transaction() as conn:
             if reset:
                 conn.execute("DELETE FROM records")
                 conn.execute("DELETE FROM counts")
             heads: dict[str, tuple[int, str]] = {}
-            if versions:
-                ids = orjson.dumps([v.record for v in versions]).decode()
+            if batch.record and keys is None:
+                ids = orjson.dumps(batch.record).decode()
                 heads = {rid: (idx, state) for rid, idx, state in conn.execute(_HEADS, (ids,))}
-            rows: dict[str, tuple[Any, ...]] = {}
-            tally: Counter[tuple[str, str]] = Counter()
-            dumps = orjson.dumps
-            for v in versions:
-                held = heads.get(v.record)
-                if held is not None and v.idx <= held[0]:
-                    counts.skipped += 1
-                    continue
-                if v.state in TOMBSTONE_STATES:
-                    counts.tombstones += 1
-                elif held is None:
-                    counts.new += 1
-                else:
-                    counts.updated += 1
-                if held is not None:
-                    tally[v.signal_type, held[1]] -= 1
-                tally[v.signal_type, v.state] += 1
-                heads[v.record] = (v.idx, v.state)
-                # Only the newest version of a record in the batch is written.
-                rows[v.record] = (
-                    v.record,
-                    v.signal_type,
-                    v.value,
-                    v.state,
-                    dumps(v.labels).decode(),
-                    dumps(v.contributors).decode(),
-                    v.version,
-                    v.idx,
-                    v.cause,
-                    v.time,
-                    v.leaf,
-                )
+            if keys is not None or (not heads and len(set(batch.record)) == len(batch.record)):
+                counts, tally = _all_new(batch)
+            else:
+                counts, tally, replaced, rows = _replacing(batch, heads)
+                conn.executemany(_DELETE, ((idx,) for idx in replaced))
+                batch = rows
             if tally:
                 conn.executemany(_COUNT, [(t, st, n) for (t, st), n in tally.items() if n])
                 conn.execute("DELETE FROM counts WHERE records = 0")
-            if rows:
-                conn.executemany(_UPSERT, rows.values())
+            columns = (batch.idx, batch.record, batch.signal_type, batch.value, batch.state)
+            conn.executemany(_INSERT, zip(*columns, batch.leaf, strict=True))
             self._set_meta(META_CURSOR, cursor)
             self._set_meta(META_LAST_SYNC, str(int(time.time())))
             if log_size is not None:
                 self._set_meta(META_LOG_SIZE, str(log_size))
+        if keys is not None and self._bulk is not None:
+            self._bulk.add(keys)  # committed
         return counts
 
     # Reading
@@ -572,27 +661,111 @@ class LocalStore:
         if not include_tombstones:
             where.append(f"state NOT IN ({', '.join('?' * len(TOMBSTONE_STATES))})")
             params.extend(sorted(TOMBSTONE_STATES))
+        # No index serves this order: an export sorts once (SQLite's sorter),
+        # which is cheaper than keeping an index of random hash values on every pull.
         sql = (
-            "SELECT id, signal_type, value, state, labels, contributors, version, idx, cause, "
-            "time, leaf FROM records"
+            _COLUMNS
             + (f" WHERE {' AND '.join(where)}" if where else "")
             + " ORDER BY signal_type, value"
         )
-        loads = orjson.loads
-        for row in self._conn.execute(sql, params):
-            yield StoredRecord(
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                tuple(loads(row[4])),
-                tuple(loads(row[5])),
-                row[6],
-                row[7],
-                row[8],
-                row[9],
-                bytes(row[10]),
-            )
+        for rid, stype, value, state, idx, leaf in self._conn.execute(sql, params):
+            yield StoredRecord.from_row(rid, stype, value, state, idx, bytes(leaf))
+
+
+_Keys = npt.NDArray[np.uint64]
+
+
+class _NewIds:
+    """The record ids a bulk load wrote: sorted runs of their first 8 bytes.
+
+    Runs of similar size are merged (as in a binary counter), so checking a
+    batch costs a binary search in a handful of runs and keeping them
+    O(n log n) in all. Two ids sharing their first 8 bytes (about one chance
+    in 10^7 among 10^7 random ids) only look like a repeat: a false alarm
+    ends the bulk load early, it never lets a repeat through.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[_Keys] = []
+
+    @staticmethod
+    def keys(ids: Sequence[str]) -> _Keys | None:
+        """The sorted keys of record ids (None unless they are all 32 hex digits)."""
+        try:
+            raw = bytes.fromhex("".join(ids))
+        except ValueError:
+            return None
+        if len(raw) != 16 * len(ids):
+            return None
+        return np.sort(np.frombuffer(raw, dtype=">u8")[::2].astype(np.uint64))
+
+    def all_new(self, keys: _Keys) -> bool:
+        """Whether no key repeats within ``keys`` nor is one of the keys added before."""
+        if len(keys) > 1 and bool((keys[1:] == keys[:-1]).any()):
+            return False
+        for run in self._runs:
+            at = np.minimum(np.searchsorted(run, keys), len(run) - 1)
+            if bool((run[at] == keys).any()):
+                return False
+        return True
+
+    def add(self, keys: _Keys) -> None:
+        if not len(keys):
+            return
+        self._runs.append(keys)
+        while len(self._runs) > 1 and len(self._runs[-2]) <= len(self._runs[-1]):
+            last = self._runs.pop()
+            self._runs[-1] = np.sort(np.concatenate((self._runs[-1], last)), kind="stable")
+
+
+def _all_new(batch: VersionBatch) -> tuple[ApplyCounts, Counter[tuple[str, str]]]:
+    """Counts for a batch of distinct records none of which the store holds (a bulk load)."""
+    tally = Counter(zip(batch.signal_type, batch.state, strict=True))
+    tombstones = sum(n for (_, state), n in tally.items() if state in TOMBSTONE_STATES)
+    return ApplyCounts(new=len(batch) - tombstones, tombstones=tombstones), tally
+
+
+def _replacing(
+    batch: VersionBatch, heads: dict[str, tuple[int, str]]
+) -> tuple[ApplyCounts, Counter[tuple[str, str]], list[int], VersionBatch]:
+    """Version by version: counts, the rows to delete (by log index) and the rows to insert.
+
+    ``heads`` holds the stored (log index, state) of the batch's records the
+    store has; it is updated as the batch goes. Only the newest version of a
+    record in the batch is written, replacing the stored one.
+    """
+    counts = ApplyCounts()
+    tally: Counter[tuple[str, str]] = Counter()
+    stored = dict(heads)
+    newest: dict[str, int] = {}  # record -> position in the batch
+    for i, (rid, idx, stype, state) in enumerate(
+        zip(batch.record, batch.idx, batch.signal_type, batch.state, strict=True)
+    ):
+        held = heads.get(rid)
+        if held is not None and idx <= held[0]:
+            counts.skipped += 1
+            continue
+        if state in TOMBSTONE_STATES:
+            counts.tombstones += 1
+        elif held is None:
+            counts.new += 1
+        else:
+            counts.updated += 1
+        if held is not None:
+            tally[stype, held[1]] -= 1
+        tally[stype, state] += 1
+        heads[rid] = (idx, state)
+        newest[rid] = i
+    replaced = [stored[rid][0] for rid in newest if rid in stored]
+    rows = VersionBatch()
+    for i in sorted(newest.values()):
+        rows.idx.append(batch.idx[i])
+        rows.record.append(batch.record[i])
+        rows.signal_type.append(batch.signal_type[i])
+        rows.value.append(batch.value[i])
+        rows.state.append(batch.state[i])
+        rows.leaf.append(batch.leaf[i])
+    return counts, tally, replaced, rows
 
 
 def write_csv(records: Iterable[StoredRecord], out: IO[str]) -> int:

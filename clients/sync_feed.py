@@ -20,6 +20,12 @@ Policies:
   :class:`FeedItemInvalid` naming its index; the versions before it are
   committed, it and everything after are not, so the next pull fails the
   same way until the server is fixed — loudly, never wedged in silence.
+  A stream is checked a list of lines at a time, column by column
+  (:func:`parse_lines`); a list that fails goes through :func:`parse_version`
+  line by line, which finds the bad item and says what is wrong with it.
+- **Leaves.** A streamed line is the log leaf's exact bytes, and is stored
+  as it came; a JSON page's items are encoded again (canonical JSON, which
+  is what the server's leaves are).
 - **Resync.** If the server refuses the store's cursor, or its log is
   shorter than what the store already pulled (a reset or restored server),
   :class:`CursorRejected` is raised and nothing changes. A full resync is
@@ -34,10 +40,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import operator
+import re
 import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import chain, islice
 from typing import Any, cast
 
 import aiohttp
@@ -51,12 +60,13 @@ from clients.store import (
     ApplyCounts,
     LocalStore,
     RecordVersion,
+    VersionBatch,
     normalize_server,
 )
 from clients.verify import remember, spot_check, verify_checkpoint
 from federation.log.feed import MAX_PAGE, decode_cursor, encode_cursor
 from federation.protocol.problems import HashfedError
-from federation.protocol.signals import normalize_signal, record_id
+from federation.protocol.signals import normalize_signal, record_id, record_ids
 from federation.protocol.statements import canonical_json
 
 # Versions per store transaction (each commits its cursor). Every commit writes
@@ -134,7 +144,140 @@ _STRING_FIELDS = ("record", "signal_type", "value", "state", "cause")
 _INT64 = 2**63  # integers the store (SQLite INTEGER) can hold
 
 
-def parse_version(item: Any) -> RecordVersion:
+def _canonical_version() -> re.Pattern[str]:
+    """A line holding one version leaf exactly as this client knows it, canonical JSON.
+
+    Members in sorted order, no whitespace, strings without escapes, integers
+    in JSON's form and in the store's range, a known kind and state: whatever
+    it accepts is JSON that :func:`parse_version`'s shape and type checks
+    accept too. It captures what the store's row needs: index, record,
+    signal_type, state and value. Anything else (a member a newer server
+    added, an escaped string) is left to the slower, general checks.
+    """
+    text = r'"[^"\\\x00-\x1f]*"'  # a JSON string with no escape and no control character
+    texts = rf"(?:{text}(?:,{text})*)?"
+    natural = r"(?:0|[1-9][0-9]{0,17})"  # below 10**18 < 2**63
+    integer = rf"-?{natural}"
+    states = "|".join(re.escape(state) for state in sorted(STATES))
+    return re.compile(
+        r'^\{"cause":"[0-9a-f]{64}"'
+        rf',"contributors":\[{texts}\]'
+        r',"disputed":(?:true|false)'
+        rf',"index":({natural})'
+        r',"kind":"version"'
+        rf',"labels":\[{texts}\]'
+        rf',"opinions":\{{(?:{text}:{integer}(?:,{text}:{integer})*)?\}}'
+        r',"record":"([0-9a-f]{32})"'
+        r',"signal_type":"([a-z0-9_]{1,40})"'
+        rf',"state":"({states})"'
+        rf',"time":{integer}'
+        r',"value":"([^"\\\x00-\x1f]*)"'
+        r',"version":[1-9][0-9]{0,17}\}$',
+        re.MULTILINE,
+    )
+
+
+_CANONICAL = _canonical_version()
+_MEMBERS = operator.itemgetter(
+    "kind", "index", "record", "version", "signal_type", "value", "state", "labels",
+    "contributors", "cause", "time",
+)  # fmt: skip
+_STR = frozenset({str})
+_INT = frozenset({int})
+_LIST = frozenset({list})
+_KIND = frozenset({"version"})
+
+
+def parse_lines(lines: list[bytes], after: int) -> VersionBatch | None:
+    """The versions of a list of streamed lines, if every line is a well-formed one.
+
+    The checks of :func:`parse_version`, over the whole list at once (C
+    loops rather than Python ones), plus log indices strictly increasing
+    from above ``after``. The lines themselves are the leaves. Returns None
+    if any line fails, or is not a version at all (the trailer, a blank
+    line, not JSON): :func:`parse_version` then takes the lines one by one,
+    to stop at the right one with the right complaint.
+    """
+    if not lines:
+        return VersionBatch()
+    try:
+        text = b"\n".join(lines).decode()
+    except UnicodeDecodeError:
+        text = ""
+    found = _CANONICAL.findall(text)
+    if len(found) == len(lines) and text.count("\n") == len(lines) - 1:
+        # Every line is a canonical version leaf: only the values are left to check.
+        digits, records, types, states, values = map(list, zip(*found, strict=True))
+        return _checked(list(map(int, digits)), records, types, values, states, lines, after)
+    return _parse_json_lines(lines, after)
+
+
+def _checked(
+    indices: list[int],
+    records: list[str],
+    types: list[str],
+    values: list[str],
+    states: list[str],
+    lines: list[bytes],
+    after: int,
+) -> VersionBatch | None:
+    """The batch, if the indices increase from above ``after`` and every value and id is right."""
+    try:
+        well_formed = (
+            indices[0] > after
+            and all(map(operator.lt, indices, islice(indices, 1, None)))
+            and list(map(normalize_signal, types, values)) == values
+            and record_ids(types, values) == records
+        )
+    except HashfedError:  # an unknown type, a value the type refuses
+        return None
+    return VersionBatch(indices, records, types, values, states, lines) if well_formed else None
+
+
+def _parse_json_lines(lines: list[bytes], after: int) -> VersionBatch | None:
+    """:func:`parse_lines` for lines that are not canonical leaves as this client knows them."""
+    loads = orjson.loads
+    try:
+        items = list(map(loads, lines))
+        columns = list(zip(*map(_MEMBERS, items), strict=True))
+    except (orjson.JSONDecodeError, KeyError, TypeError):  # not JSON, a member missing, no dict
+        return None
+    if not columns:
+        return VersionBatch()
+    kinds, indices, records, versions, types, values, states, labels, contributors, causes, at = (
+        columns
+    )
+    try:
+        well_formed = (
+            _KIND.issuperset(kinds)
+            and _INT.issuperset(map(type, indices))
+            and indices[-1] < _INT64
+            and _STR.issuperset(map(type, records))
+            and _STR.issuperset(map(type, types))
+            and _STR.issuperset(map(type, values))
+            and _STR.issuperset(map(type, causes))
+            and STATES.issuperset(states)  # strings, since the set holds only strings
+            and _INT.issuperset(map(type, versions))
+            and min(versions) >= 1
+            and max(versions) < _INT64
+            and _INT.issuperset(map(type, at))
+            and min(at) >= -_INT64
+            and max(at) < _INT64
+            and _LIST.issuperset(map(type, labels))
+            and _LIST.issuperset(map(type, contributors))
+            and _STR.issuperset(map(type, chain.from_iterable(labels)))
+            and _STR.issuperset(map(type, chain.from_iterable(contributors)))
+        )
+    except TypeError:  # an unhashable kind or state; values that do not compare
+        return None
+    if not well_formed:
+        return None
+    return _checked(
+        list(indices), list(records), list(types), list(values), list(states), lines, after
+    )
+
+
+def parse_version(item: Any, leaf: bytes | None = None) -> RecordVersion:
     """Check one feed item and return it as a :class:`RecordVersion`.
 
     Raises :class:`FeedItemInvalid` (with the item's index when it has a
@@ -142,6 +285,8 @@ def parse_version(item: Any) -> RecordVersion:
     types, an unknown state, a signal value that is not in normal form or a
     record id that does not belong to the signal. Members the client does not
     know are ignored (newer servers may add some) but kept in the leaf.
+    ``leaf`` is the item's exact bytes when the stream gave them; otherwise
+    the item is encoded again.
     """
     # The hot path: one pass of cheap checks; the precise complaint is worked
     # out by _diagnose only for an item that fails them.
@@ -196,9 +341,10 @@ def parse_version(item: Any) -> RecordVersion:
         raise FeedItemInvalid(
             index, f"record id {record!r} does not match the signal (expected {expected})"
         )
-    # The server's leaf is canonical JSON of exactly this object, so encoding it
-    # again gives the leaf's bytes (what a Merkle proof covers).
-    leaf = canonical_json(item)
+    if leaf is None:
+        # The server's leaf is canonical JSON of exactly this object, so encoding
+        # it again gives the leaf's bytes (what a Merkle proof covers).
+        leaf = canonical_json(item)
     return RecordVersion(
         index,
         record,
@@ -280,12 +426,12 @@ class _Pull:
         self.reset = reset
         self.after: str | None = None if reset else store.cursor  # where the next request starts
         self.last_index = result.start_position - 1
-        self.pending: list[RecordVersion] = []
+        self.pending = VersionBatch()
         self.committing: tuple[asyncio.Future[ApplyCounts], int, str] | None = None
 
-    async def accept(self, item: Any) -> None:
-        """Validate one item and queue it; hand the batch to the writer when it is full."""
-        version = parse_version(item)
+    def check(self, item: Any, leaf: bytes | None = None) -> None:
+        """Validate one item and queue it."""
+        version = parse_version(item, leaf)
         if version.idx <= self.last_index:
             raise FeedItemInvalid(
                 version.idx,
@@ -294,23 +440,67 @@ class _Pull:
             )
         self.last_index = version.idx
         self.pending.append(version)
-        if len(self.pending) >= COMMIT_EVERY_VERSIONS:
-            await self.commit(encode_cursor(version.idx + 1))
 
-    async def commit(self, cursor: str | None = None) -> None:
-        """Hand the queued versions and ``cursor`` (default: just after the last) to the writer."""
+    async def accept(self, item: Any) -> None:
+        """Validate one item and queue it; hand the batch to the writer when it is full."""
+        self.check(item)
+        await self.commit_full()
+
+    def check_lines(self, lines: list[bytes]) -> dict[str, Any] | None:
+        """Validate streamed lines and queue their versions; returns the trailer if one came.
+
+        Lines after the trailer are ignored. A bad line raises
+        :class:`FeedItemInvalid` (or ``orjson.JSONDecodeError``) with the good
+        lines before it queued.
+        """
+        rest: list[bytes] = []  # the lines to take one by one
+        batch = parse_lines(lines, self.last_index)
+        if batch is None and len(lines) > 1:  # the last list, ending with the trailer, say
+            batch = parse_lines(lines[:-1], self.last_index)
+            rest = lines[-1:]
+        if batch is None:
+            rest = lines
+        elif batch.idx:
+            self.last_index = batch.idx[-1]
+            self.pending.extend(batch)
+        loads = orjson.loads
+        for line in rest:
+            if not line.strip():
+                continue
+            item = loads(line)
+            if type(item) is dict and item.get("kind") == "end":
+                return item
+            self.check(item, line)
+        return None
+
+    async def commit_full(self) -> None:
+        """Hand full batches of :data:`COMMIT_EVERY_VERSIONS` to the writer."""
+        while len(self.pending) >= COMMIT_EVERY_VERSIONS:
+            batch = self.pending.take(COMMIT_EVERY_VERSIONS)
+            await self.commit(encode_cursor(batch.idx[-1] + 1), batch)
+
+    async def commit(self, cursor: str | None = None, batch: VersionBatch | None = None) -> None:
+        """Hand ``batch`` (default: all queued versions) and ``cursor`` to the writer.
+
+        ``cursor`` defaults to just after the batch's last version.
+        """
+        if batch is None:
+            batch, self.pending = self.pending, VersionBatch()
         if cursor is None:
-            if not self.pending:
+            if not batch.idx:
                 return
-            cursor = encode_cursor(self.pending[-1].idx + 1)
+            cursor = encode_cursor(batch.idx[-1] + 1)
         await self.drain()
-        batch, self.pending = self.pending, []
         apply = functools.partial(
             self.store.apply, batch, cursor, log_size=self.result.log_size, reset=self.reset
         )
         self.reset = False
         future = asyncio.get_running_loop().run_in_executor(self.writer, apply)
         self.committing = (future, len(batch), cursor)
+
+    def handed_over(self) -> int:
+        """Versions handed to the writer and not yet accounted for."""
+        return 0 if self.committing is None else self.committing[1]
 
     async def drain(self) -> None:
         """Wait for the writer's batch to commit and account for it."""
@@ -351,24 +541,25 @@ class _Pull:
     async def from_stream(self) -> None:
         while True:
             self.result.requests += 1
-            received = 0
+            # Versions received in this request (committed or queued).
+            first = self.result.versions + len(self.pending) + self.handed_over()
             end: dict[str, Any] | None = None
             stream = cast(
-                AsyncGenerator[dict[str, Any], None],
-                self.client.stream_feed(self.after, limit=STREAM_REQUEST_VERSIONS),
+                AsyncGenerator[list[bytes], None],
+                self.client.stream_feed_lines(self.after, limit=STREAM_REQUEST_VERSIONS),
             )
             async with contextlib.aclosing(stream):
-                async for item in stream:
-                    if type(item) is dict and item.get("kind") == "end":
-                        end = item
+                async for lines in stream:
+                    end = self.check_lines(lines)
+                    if end is not None:
                         break
-                    await self.accept(item)
-                    received += 1
+                    await self.commit_full()
             if end is None:
                 raise FeedInterrupted("feed stream ended without its trailer")
+            received = self.result.versions + len(self.pending) + self.handed_over() - first
             if end.get("count") != received or type(end.get("has_more")) is not bool:
                 # Lines may be missing: committing what arrived could skip some.
-                self.pending.clear()
+                self.pending = VersionBatch()
                 raise FeedItemInvalid(
                     None, f"stream trailer {end!r} does not match the {received} versions sent"
                 )
@@ -448,11 +639,10 @@ async def pull(
         result.streamed = stream and (position is None or behind > page_size)
         if progress is not None:
             progress(result)
-        bulk = resync or store.is_empty()
-        if bulk:
-            store.drop_signal_index()
+        if resync or store.is_empty():
+            store.begin_bulk_load()
         else:
-            store.ensure_signal_index()  # after an interrupted bulk load
+            store.ensure_indexes()  # after an interrupted bulk load
         # One writer thread: the store's connection is never used by two at once.
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hashfed-store")
         try:
@@ -460,13 +650,14 @@ async def pull(
             await _run(job, page_size, result)
         except Exception:
             writer.shutdown(wait=True)
-            store.ensure_signal_index()
+            store.end_bulk_load()
             raise
         finally:
             # Whatever happened (a cancel included), the batch handed over
             # finishes, committed or rolled back, before the lock is released.
+            # A cancel leaves the id index to the next pull.
             writer.shutdown(wait=True)
-        store.ensure_signal_index()
+        store.end_bulk_load()
         result.checkpoint_size = verified.checkpoint.size
         result.log_key_first_use = verified.first_use
         result.proved_index = await spot_check(client, store, verified)

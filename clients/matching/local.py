@@ -49,15 +49,15 @@ INDEX_SUFFIX = ".pdq-index"
 LOCK_SUFFIX = ".lock"
 LOOKUP_CHUNK = 900  # ids per IN (...) query, under SQLite's bound-parameter limit
 _TOMBSTONES = tuple(sorted(TOMBSTONE_STATES))
-# A full scan (NOT INDEXED): the store has no index on idx, and the index on
-# (signal_type, value) would visit the table in random order.
-_CHANGED = "SELECT value, state, idx FROM records NOT INDEXED WHERE idx > ? AND signal_type = 'pdq'"
+# The store's rows are keyed by log index: the versions past a given index are
+# a range read of the table's tail (the whole table for a rebuild).
+_CHANGED = "SELECT value, state, idx FROM records WHERE idx > ? AND signal_type = 'pdq'"
 _HELD = (
     "SELECT COALESCE(SUM(records), 0) FROM counts WHERE signal_type = 'pdq' "
     f"AND state NOT IN ({', '.join('?' * len(_TOMBSTONES))})"
 )
 _LOOKUP = (
-    "SELECT id, signal_type, value, state, labels, contributors, leaf FROM records "
+    "SELECT id, signal_type, value, state, leaf FROM records "
     "WHERE id IN (SELECT value FROM json_each(?))"
 )
 
@@ -220,17 +220,16 @@ class LocalMatcher:
         loads = orjson.loads
         for first in range(0, len(ids), LOOKUP_CHUNK):
             chunk = orjson.dumps(list(ids[first : first + LOOKUP_CHUNK])).decode()
-            for rid, signal_type, value, state, labels, contributors, leaf in self._conn.execute(
-                _LOOKUP, (chunk,)
-            ):
+            for rid, signal_type, value, state, leaf in self._conn.execute(_LOOKUP, (chunk,)):
+                version = loads(leaf)  # labels, contributors and the dispute flag
                 found[rid] = RecordInfo(
                     record=rid,
                     signal_type=signal_type,
                     value=value,
                     state=state,
-                    labels=tuple(loads(labels)),
-                    contributors=tuple(loads(contributors)),
-                    disputed=bool(loads(leaf).get("disputed", False)),
+                    labels=tuple(version["labels"]),
+                    contributors=tuple(version["contributors"]),
+                    disputed=bool(version.get("disputed", False)),
                 )
         return found
 

@@ -457,4 +457,4 @@ async def test_pull_killed_midway_resumes_to_the_same_state(
         assert {f: mine[f] for f in fields} == {f: theirs[f] for f in fields}
         assert (mine["records"], mine["tombstones"]) == (BIG - WITHDRAWN, WITHDRAWN)
         assert store_facts(beta.store) == store_facts(reference.store)
-        assert "ix_records_signal" in store_facts(beta.store)[0]
+        assert "ix_records_id" in store_facts(beta.store)[0]

@@ -11,33 +11,38 @@ import asyncio
 import csv
 import hashlib
 import io
+import json
 import os
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from clients import sync_feed
 from clients.client import FederationClient
 from clients.errors import TransportError
 from clients.profiles import Profile, ProfileStore
-from clients.store import LocalStore, StoreBoundElsewhere, StoreLocked
+from clients.store import STATES, LocalStore, StoreBoundElsewhere, StoreLocked, VersionBatch
 from clients.sync_feed import (
     CursorRejected,
     FeedInterrupted,
     FeedItemInvalid,
     PullResult,
+    parse_lines,
     parse_version,
     pull,
 )
 from federation.log.feed import decode_cursor, encode_cursor
 from federation.protocol.keys import write_private_key
-from federation.protocol.signals import record_id
+from federation.protocol.signals import normalize_signal, record_id
 from federation.protocol.statements import canonical_json
 from federation.store.schema import log
 from tests.conftest import Federation
@@ -124,10 +129,10 @@ async def assert_mirrors_feed(fed: Federation, client: FederationClient, store: 
     assert store.counts() == sorted((t, s, n) for (t, s), n in by_state.items())
 
 
-def has_signal_index(store: LocalStore) -> bool:
+def has_id_index(store: LocalStore) -> bool:
     conn = sqlite3.connect(store.path)
     found = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'ix_records_signal'"
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'ix_records_id'"
     ).fetchone()
     conn.close()
     return found is not None
@@ -189,26 +194,26 @@ def test_a_well_formed_version_keeps_its_canonical_leaf() -> None:
     assert version.idx == 7 and version.leaf == canonical_json(item)
 
 
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"kind": "statement"}, "'kind' must be 'version'"),
-        ({"index": "7"}, "'index' must be a non-negative integer"),
-        ({"index": True}, "'index' must be a non-negative integer"),
-        ({"version": 0}, "'version' must be a positive integer"),
-        ({"labels": "recruitment"}, "'labels' must be a list of strings"),
-        ({"contributors": [1]}, "'contributors' must be a list of strings"),
-        ({"cause": None}, "'cause' must be a string"),
-        ({"time": 1.5}, "'time' must be a 64-bit integer"),
-        ({"version": 2**63}, "'version' must be a positive integer"),
-        ({"index": 2**64}, "'index' must be a non-negative integer"),
-        ({"state": "deleted"}, "unknown state 'deleted'"),
-        ({"value": md5("x").upper()}, "not in normal form"),
-        ({"value": "xyz"}, "md5 value must be 32 hexadecimal characters"),
-        ({"signal_type": "nope"}, "unknown signal type"),
-        ({"record": "0" * 32}, "does not match the signal"),
-    ],
-)
+MALFORMED = [
+    ({"kind": "statement"}, "'kind' must be 'version'"),
+    ({"index": "7"}, "'index' must be a non-negative integer"),
+    ({"index": True}, "'index' must be a non-negative integer"),
+    ({"version": 0}, "'version' must be a positive integer"),
+    ({"labels": "recruitment"}, "'labels' must be a list of strings"),
+    ({"contributors": [1]}, "'contributors' must be a list of strings"),
+    ({"cause": None}, "'cause' must be a string"),
+    ({"time": 1.5}, "'time' must be a 64-bit integer"),
+    ({"version": 2**63}, "'version' must be a positive integer"),
+    ({"index": 2**64}, "'index' must be a non-negative integer"),
+    ({"state": "deleted"}, "unknown state 'deleted'"),
+    ({"value": md5("x").upper()}, "not in normal form"),
+    ({"value": "xyz"}, "md5 value must be 32 hexadecimal characters"),
+    ({"signal_type": "nope"}, "unknown signal type"),
+    ({"record": "0" * 32}, "does not match the signal"),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), MALFORMED)
 def test_malformed_versions_are_refused_with_their_index(
     changes: dict[str, Any], message: str
 ) -> None:
@@ -224,6 +229,151 @@ def test_missing_members_are_named() -> None:
     del item["contributors"]
     with pytest.raises(FeedItemInvalid, match="missing member 'contributors'"):
         parse_version(item)
+
+
+# Streamed lines: checked a list at a time, stored as they came
+
+
+def _line(index: int, name: str, **changes: Any) -> bytes:
+    value = md5(name)
+    return canonical_json(
+        _item(index=index, value=value, record=record_id("md5", value), **changes)
+    )
+
+
+def one_by_one(lines: list[bytes], after: int = -1) -> VersionBatch:
+    """What the per-item checks make of ``lines`` (raising where they refuse one)."""
+    batch = VersionBatch()
+    for line in lines:
+        version = parse_version(orjson.loads(line), line)
+        if version.idx <= after:
+            raise FeedItemInvalid(version.idx, "not after the previous one")
+        after = version.idx
+        batch.append(version)
+    return batch
+
+
+def queued(store: LocalStore, lines: list[bytes]) -> tuple[sync_feed._Pull, Any]:
+    """A pull's state after it took ``lines`` from a stream: (the pull, the trailer or None)."""
+    job = sync_feed._Pull(
+        cast(FederationClient, None),
+        store,
+        PullResult(),
+        None,
+        cast(Executor, None),
+        reset=False,
+    )
+    return job, job.check_lines(lines)
+
+
+def test_streamed_lines_are_checked_at_once_and_kept_as_sent() -> None:
+    lines = [_line(i, f"v{i}", labels=["recruitment", "glorification"]) for i in range(3, 9)]
+    lines += [
+        _line(9, "newer", opinions={"seen": 2}, disputed=True, added_by_a_newer_server=[1]),
+        _line(11, "escaped", contributors=['al"pha', "b\\eta", "gamma\u00e9"]),
+    ]
+    batch = parse_lines(lines, 2)
+    assert batch == one_by_one(lines)
+    assert batch is not None and batch.leaf == lines  # the exact bytes, not re-encoded
+    assert parse_lines(lines, 3) is None  # index 3 is not after 3
+    assert parse_lines([*lines[:2], lines[1]], 2) is None  # not strictly increasing
+    assert parse_lines([*lines, b'{"kind":"end","count":8}'], 2) is None
+    assert parse_lines([lines[0], b""], 2) is None
+    assert parse_lines([lines[0] + b"\n" + lines[1]], 2) is None  # one line must be one leaf
+    assert parse_lines([], 2) == VersionBatch()
+
+
+@pytest.mark.parametrize(("changes", "message"), MALFORMED)
+def test_malformed_lines_are_refused_like_items(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    # Python's json, as orjson refuses integers beyond 64 bits.
+    bad = json.dumps(_item(**changes), sort_keys=True, separators=(",", ":")).encode()
+    lines = [_line(5, "before"), bad, _line(9, "after")]
+    with LocalStore.open(tmp_path / "s.db") as store:
+        job = queued(store, [])[0]
+        with pytest.raises(FeedItemInvalid, match=message) as caught:
+            job.check_lines(lines)
+        assert job.pending.idx == [5]  # the good version before it is kept, nothing after
+    if "index" not in changes:
+        assert caught.value.index == 7
+
+
+def test_a_stream_stops_at_its_trailer_and_skips_blank_lines(tmp_path: Path) -> None:
+    trailer = {"kind": "end", "next_cursor": "x", "count": 2, "has_more": False}
+    lines = [_line(3, "a"), b"  ", _line(4, "b"), orjson.dumps(trailer), b"ignored"]
+    with LocalStore.open(tmp_path / "s.db") as store:
+        job, end = queued(store, lines)
+        assert end == trailer and job.pending.idx == [3, 4]
+        assert job.pending.leaf == [lines[0], lines[2]]
+        job = queued(store, [])[0]
+        with pytest.raises(orjson.JSONDecodeError):
+            job.check_lines([_line(3, "a"), b"{not json", _line(4, "b")])
+        assert job.pending.idx == [3]
+
+
+PLAIN_TEXT = st.text(alphabet="abcxyz _-é", max_size=10)
+ANY_TEXT = st.text(max_size=12)
+ANY_INT = st.integers(-(2**63), 2**63 - 1)
+
+
+@st.composite
+def feed_lines(draw: st.DrawFn) -> list[bytes]:
+    """Feed lines as a server sends them: in the canonical form the fast checks take (half
+    the lists), or with anything JSON allows, members this client does not know included."""
+    plain = draw(st.booleans())
+    text = PLAIN_TEXT if plain else st.one_of(PLAIN_TEXT, ANY_TEXT)
+    small = st.integers(0, 2**40)
+    lines: list[bytes] = []
+    index = draw(st.integers(0, 50))
+    for _ in range(draw(st.integers(1, 8))):
+        index += draw(st.integers(1, 3))
+        kind = draw(st.sampled_from(["md5", "pdq", "url"]))
+        raw = draw(st.text(min_size=1, max_size=8, alphabet="abcdefgh"))
+        value = {
+            "md5": md5(raw),
+            "pdq": hashlib.sha256(raw.encode()).hexdigest(),
+            "url": normalize_signal("url", f"https://example.com/{raw}"),
+        }[kind]
+        item = {
+            "kind": "version",
+            "index": index,
+            "record": record_id(kind, value),
+            "version": draw(st.integers(1, 99) if plain else st.integers(1, 2**63 - 1)),
+            "signal_type": kind,
+            "value": value,
+            "state": draw(st.sampled_from(sorted(STATES))),
+            "labels": draw(st.lists(text, max_size=3)),
+            "contributors": draw(st.lists(text, max_size=3)),
+            "disputed": draw(st.booleans()),
+            "opinions": draw(st.dictionaries(text, small if plain else ANY_INT, max_size=2)),
+            "cause": "c" * 64 if plain else draw(st.sampled_from(["c" * 64, "cause"])),
+            "time": draw(small if plain else ANY_INT),
+        }
+        if not plain and draw(st.booleans()):
+            item[draw(st.sampled_from(["added", "zz"]))] = draw(text)
+        lines.append(canonical_json(item))
+    return lines
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(feed_lines(), st.data())
+def test_lines_checked_at_once_are_exactly_the_items_checked_one_by_one(
+    lines: list[bytes], data: st.DataObject
+) -> None:
+    assert parse_lines(lines, -1) == one_by_one(lines)
+    # Corrupt one byte: the lines are refused, or taken exactly as one by one would.
+    which = data.draw(st.integers(0, len(lines) - 1))
+    line = bytearray(lines[which])
+    line[data.draw(st.integers(0, len(line) - 1))] = data.draw(st.integers(0, 255))
+    corrupt = [*lines[:which], bytes(line), *lines[which + 1 :]]
+    try:
+        expected: VersionBatch | None = one_by_one(corrupt)
+    except (FeedItemInvalid, orjson.JSONDecodeError):
+        expected = None
+    assert parse_lines(corrupt, -1) in (None, expected)
+    if expected is None:
+        assert parse_lines(corrupt, -1) is None
 
 
 # Pulling
@@ -242,7 +392,7 @@ async def test_full_pull_mirrors_the_feed(
     assert result.new + result.updated + result.tombstones + result.skipped == len(feed)
     assert result.tombstones == 6
     await assert_mirrors_feed(fed, member, store)
-    assert has_signal_index(store)  # dropped for the bulk load, built at its end
+    assert has_id_index(store)  # dropped for the bulk load, built at its end
     assert store.binding == (fed.url, "alpha")
     assert decode_cursor(store.cursor) == feed[-1]["index"] + 1
 
@@ -317,7 +467,7 @@ async def test_an_interrupted_pull_resumes_exactly_where_it_stopped(
             await pull(member, store, progress=stop_after_two_commits, **options)
         [committed] = stopped_at  # 14 streamed (two batches of 7); 16 paged (7, 9, 7 + 9)
         assert versions_covered(feed, store) == committed
-        assert has_signal_index(store)
+        assert has_id_index(store)
         assert 0 < len(store_rows(store)) <= committed
         resumed = await pull(member, store, **options)
         assert resumed.versions == total - committed and resumed.skipped == 0
@@ -325,17 +475,18 @@ async def test_an_interrupted_pull_resumes_exactly_where_it_stopped(
 
     # Cancelled (Ctrl-C) at an await in the middle of a batch: that batch is
     # lost, the commits before it are kept. A stream's buffered lines need no await,
-    # so let each item yield to the loop as a slow network would.
-    real_stream = member.stream_feed
+    # so let each line come on its own and yield to the loop, as a slow network would.
+    real_stream = member.stream_feed_lines
 
     async def slow_stream(
         after: str | None = None, limit: int | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        async for item in real_stream(after, limit):
-            await asyncio.sleep(0)
-            yield item
+    ) -> AsyncIterator[list[bytes]]:
+        async for lines in real_stream(after, limit):
+            for line in lines:
+                await asyncio.sleep(0)
+                yield [line]
 
-    monkeypatch.setattr(member, "stream_feed", slow_stream)
+    monkeypatch.setattr(member, "stream_feed_lines", slow_stream)
     with LocalStore.open(tmp_path / "cancelled.db") as store:
         seen: list[int] = []
 
@@ -355,9 +506,9 @@ async def test_an_interrupted_pull_resumes_exactly_where_it_stopped(
         kept = versions_covered(feed, store)
         assert 7 <= kept < total
         assert len(store_rows(store)) <= kept
-        assert not has_signal_index(store)  # a cancel leaves it to the next pull
+        assert not has_id_index(store)  # a cancel leaves it to the next pull
         resumed = await pull(member, store, **options)
-        assert has_signal_index(store)
+        assert has_id_index(store)
         assert resumed.versions == total - kept and resumed.skipped == 0
         assert store_rows(store) == expected
 
@@ -407,19 +558,20 @@ async def test_a_truncated_stream_keeps_what_arrived_and_resumes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await member.submit(items("a", 25))
-    real_stream = member.stream_feed
+    real_stream = member.stream_feed_lines
 
     async def breaks_after_eleven(
         after: str | None = None, limit: int | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        sent = 0
-        async for item in real_stream(after, limit):
-            if sent == 11:
-                raise TransportError("feed stream broke off: connection reset")
-            sent += 1
-            yield item
+    ) -> AsyncIterator[list[bytes]]:
+        sent: list[bytes] = []
+        async for lines in real_stream(after, limit):
+            for line in lines:
+                if len(sent) == 11:
+                    yield sent
+                    raise TransportError("feed stream broke off: connection reset")
+                sent.append(line)
 
-    monkeypatch.setattr(member, "stream_feed", breaks_after_eleven)
+    monkeypatch.setattr(member, "stream_feed_lines", breaks_after_eleven)
     with pytest.raises(FeedInterrupted, match="run the pull again to resume") as caught:
         await pull(member, store, page_size=SMALL_PAGE)
     assert caught.value.result.versions == 11
@@ -437,18 +589,15 @@ async def test_a_stream_that_lost_a_line_commits_nothing_of_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await member.submit(items("a", 12))
-    real_stream = member.stream_feed
+    real_stream = member.stream_feed_lines
 
     async def drops_the_fifth(
         after: str | None = None, limit: int | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        sent = 0
-        async for item in real_stream(after, limit):
-            sent += 1
-            if sent != 5:
-                yield item
+    ) -> AsyncIterator[list[bytes]]:
+        async for lines in real_stream(after, limit):
+            yield lines[:4] + lines[5:]
 
-    monkeypatch.setattr(member, "stream_feed", drops_the_fifth)
+    monkeypatch.setattr(member, "stream_feed_lines", drops_the_fifth)
     with pytest.raises(FeedItemInvalid, match="does not match the 11 versions sent"):
         await pull(member, store, page_size=SMALL_PAGE)
     assert store_rows(store) == [] and store.cursor is None  # committing 6-12 would skip 5
@@ -466,21 +615,11 @@ async def test_a_cursor_the_server_refuses_needs_a_deliberate_resync(
     # A record the server does not have (the server was restored from a backup, say).
     stray = store_rows(store)[0]
     conn = sqlite3.connect(store.path)
+    stray_id = record_id("md5", md5("stray"))
+    leaf = canonical_json(_item(index=10**6, value=md5("stray"), record=stray_id))
     conn.execute(
-        "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            record_id("md5", md5("stray")),
-            "md5",
-            md5("stray"),
-            "approved",
-            "[]",
-            "[]",
-            1,
-            10**6,
-            "c" * 64,
-            0,
-            b"{}",
-        ),
+        "INSERT INTO records (idx, id, signal_type, value, state, leaf) VALUES (?, ?, ?, ?, ?, ?)",
+        (10**6, stray_id, "md5", md5("stray"), "approved", leaf),
     )
     conn.commit()
     conn.close()

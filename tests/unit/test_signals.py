@@ -15,6 +15,7 @@ from federation.protocol.signals import (
     get_signal_type,
     normalize_signal,
     record_id,
+    record_ids,
 )
 
 HEX_TYPES = {"pdq": 64, "md5": 32, "sha1": 40, "sha256": 64, "video_md5": 32}
@@ -404,6 +405,16 @@ def test_record_id_is_the_same_for_every_spelling() -> None:
 def test_record_id_refuses_unknown_type() -> None:
     with pytest.raises(HashfedError) as caught:
         record_id("pqd", PDQ_ZERO)
+    assert caught.value.problem is Problem.UNKNOWN_SIGNAL_TYPE
+
+
+def test_record_ids_are_record_id_pairwise() -> None:
+    signals = [(name, f"value-{i}-é") for i, name in enumerate(SIGNAL_TYPES)]
+    types, values = [t for t, _ in signals], [v for _, v in signals]
+    assert record_ids(types, values) == [record_id(t, v) for t, v in signals]
+    assert record_ids([], []) == []
+    with pytest.raises(HashfedError) as caught:
+        record_ids(["md5", "pqd"], ["0" * 32, PDQ_ZERO])
     assert caught.value.problem is Problem.UNKNOWN_SIGNAL_TYPE
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from clients.store import (
     CSV_COLUMNS,
+    MIGRATIONS,
     SCHEMA_VERSION,
     LocalStore,
     RecordVersion,
@@ -23,6 +25,7 @@ from clients.store import (
     StoreError,
     StoreLocked,
     StoreMissing,
+    _NewIds,
     write_csv,
     write_jsonl,
 )
@@ -106,7 +109,7 @@ def test_new_store_is_at_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     conn.close()
     assert {"meta", "records"} <= tables
-    assert "ix_records_signal" in indexes
+    assert "ix_records_id" in indexes
     with LocalStore.open(path) as again:  # reopening migrates nothing
         assert again.schema_version == SCHEMA_VERSION
 
@@ -159,8 +162,8 @@ def test_apply_commits_versions_and_cursor_together(store: LocalStore) -> None:
 
 def test_a_failed_apply_changes_neither_data_nor_cursor(store: LocalStore) -> None:
     store.apply([version(1)], "cursor-2")
-    bad = version(5, "b" * 32)._replace(labels={"not", "serialisable"})
-    with pytest.raises(TypeError):
+    bad = version(5, "b" * 32)._replace(leaf=["not", "bytes"])  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.ProgrammingError):  # after the first row of the batch is written
         store.apply([version(3, "c" * 32), bad], "cursor-6")
     assert store.cursor == "cursor-2"
     assert [r[0] for r in rows(store)] == [record_id("md5", "a" * 32)]
@@ -337,3 +340,164 @@ def test_export_csv_and_jsonl_round_trip(store: LocalStore) -> None:
         "time",
     }
     assert [line["disputed"] for line in lines] == [False, False, False]
+
+
+# Schema 1 (a row per record keyed by record id, every member in a column) to 2
+
+
+SCHEMA_1_RECORD = """
+INSERT INTO records
+    (id, signal_type, value, state, labels, contributors, version, idx, cause, time, leaf)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+def schema_1_store(path: Path, versions: list[RecordVersion]) -> None:
+    """A store as hashfed with store schema 1 wrote it: its DDL, its rows, its counts."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    for sql in MIGRATIONS[0]:
+        conn.execute(sql)
+    meta = {"schema_version": "1", "server": SERVER, "org": "alpha", "cursor": "cursor-9"}
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+    for v in versions:
+        conn.execute(
+            SCHEMA_1_RECORD,
+            (
+                *(v.record, v.signal_type, v.value, v.state),
+                *(orjson.dumps(v.labels).decode(), orjson.dumps(v.contributors).decode()),
+                *(v.version, v.idx, v.cause, v.time, v.leaf),
+            ),
+        )
+    conn.execute(
+        "INSERT INTO counts SELECT signal_type, state, count(*) FROM records "
+        "GROUP BY signal_type, state"
+    )
+    conn.close()
+
+
+def index_names(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    conn.close()
+    return names
+
+
+def test_a_schema_1_store_is_migrated_keeping_every_record(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    held = [
+        version(3, labels=("glorification", "recruitment"), contributors=("alpha", "beta")),
+        version(5, "f" * 64, signal_type="pdq", v=2, labels=()),
+        version(8, "b" * 32, v=3, state="withdrawn"),
+    ]
+    schema_1_store(path, held)
+    assert "ix_records_signal" in index_names(path)
+
+    with LocalStore.open(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        assert (store.cursor, store.binding) == ("cursor-9", (SERVER, "alpha"))
+        assert store.counts() == scanned_counts(store)
+        assert (store.summary().held, store.summary().tombstones) == (2, 1)
+        stored = {r.record: r for r in store.records(include_tombstones=True)}
+        for v in held:
+            r = stored[v.record]
+            assert (r.signal_type, r.value, r.state, r.labels, r.contributors) == (
+                v.signal_type,
+                v.value,
+                v.state,
+                v.labels,
+                v.contributors,
+            )
+            assert (r.version, r.idx, r.cause, r.time, r.leaf) == (
+                v.version,
+                v.idx,
+                v.cause,
+                v.time,
+                v.leaf,
+            )
+            assert store.record_leaf(v.record) == (v.idx, v.leaf)
+        assert store.latest_version_before(8) == (5, held[1].leaf)
+        # It goes on as any store would: a newer version replaces a migrated one.
+        newer = version(10, "f" * 64, signal_type="pdq", v=3)
+        counts = store.apply([newer], "cursor-11")
+        assert (counts.updated, counts.new) == (1, 0)
+        assert store.record_leaf(held[1].record) == (10, newer.leaf)
+        assert store.counts() == scanned_counts(store)
+
+    assert index_names(path) >= {"ix_records_id"}
+    assert "ix_records_signal" not in index_names(path)
+    conn = sqlite3.connect(path)
+    columns = [r[1] for r in conn.execute("PRAGMA table_info(records)")]
+    conn.close()
+    assert columns == ["idx", "id", "signal_type", "value", "state", "leaf"]
+
+
+# Bulk loads
+
+
+def batches_of_versions() -> list[list[RecordVersion]]:
+    """Three batches; the third repeats a record of the first (a later version of it)."""
+    return [
+        [version(1), version(2, "b" * 32), version(3, "f" * 64, signal_type="pdq")],
+        [version(4, "c" * 32), version(5, "d" * 32, state="withdrawn")],
+        [version(6, "e" * 32), version(7, v=2, labels=("glorification",)), version(8, "9" * 32)],
+    ]
+
+
+def test_a_bulk_load_goes_without_the_id_index_until_a_record_repeats(tmp_path: Path) -> None:
+    with LocalStore.open(tmp_path / "reference.db") as reference:
+        expected = [reference.apply(b, f"c{i}") for i, b in enumerate(batches_of_versions())]
+        expected_rows, expected_counts = rows(reference), reference.counts()
+
+    path = tmp_path / "bulk.db"
+    with LocalStore.open(path) as store:
+        store.begin_bulk_load()
+        first, second, third = batches_of_versions()
+        got = [store.apply(first, "c0"), store.apply(second, "c1")]
+        assert "ix_records_id" not in index_names(path)  # nothing repeated yet
+        # Reads stay right without it.
+        assert store.record_leaf(first[0].record) == (1, first[0].leaf)
+        got.append(store.apply(third, "c2"))  # version 7 repeats a record: indexed from here
+        assert "ix_records_id" in index_names(path)
+        store.end_bulk_load()
+        assert got == expected
+        assert rows(store) == expected_rows
+        assert store.counts() == expected_counts == scanned_counts(store)
+
+
+def test_a_bulk_load_checks_repeats_within_a_batch_and_indexes_at_its_end(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bulk.db"
+    with LocalStore.open(path) as store:
+        store.begin_bulk_load()
+        counts = store.apply([version(1), version(2, "b" * 32), version(3, v=2)], "c4")
+        assert (counts.new, counts.updated) == (2, 1)
+        assert "ix_records_id" in index_names(path)  # a repeat inside the batch
+
+    path = tmp_path / "clean.db"
+    with LocalStore.open(path) as store:
+        store.begin_bulk_load()
+        store.apply([version(1), version(2, "b" * 32)], "c3")
+        store.end_bulk_load()
+        assert "ix_records_id" in index_names(path)
+        assert len(rows(store)) == 2
+
+
+def test_new_ids_never_miss_a_repeat() -> None:
+    rng = random.Random(7)
+    seen = _NewIds()
+    written: list[str] = []
+    for _ in range(40):
+        batch = [f"{rng.getrandbits(128):032x}" for _ in range(rng.randrange(1, 60))]
+        keys = _NewIds.keys(batch)
+        assert keys is not None and seen.all_new(keys)
+        seen.add(keys)
+        written.extend(batch)
+    for rid in rng.sample(written, 50):
+        again = _NewIds.keys([f"{rng.getrandbits(128):032x}", rid])
+        assert again is not None and not seen.all_new(again)
+    twice = _NewIds.keys(["0" * 32, "0" * 32])
+    assert twice is not None and not _NewIds().all_new(twice)
+    assert _NewIds.keys(["not hex"]) is None and _NewIds.keys(["ab"]) is None

@@ -24,6 +24,7 @@ __all__ = [
     "get_signal_type",
     "normalize_signal",
     "record_id",
+    "record_ids",
 ]
 
 _FAMILIES = (pdq, digests, opaque, url)
@@ -88,3 +89,16 @@ def record_id(signal_type: str, normalized_value: str) -> str:
         raise _unknown_signal_type(signal_type)
     material = f"{signal_type}\x00{normalized_value}".encode()
     return hashlib.sha256(material).digest()[:RECORD_ID_BYTES].hex()
+
+
+def record_ids(signal_types: Iterable[str], normalized_values: Iterable[str]) -> list[str]:
+    """:func:`record_id` of each signal, pairwise: the same ids, in one loop (bulk checks)."""
+    types = list(signal_types)
+    for name in set(types):
+        if name not in _REGISTRY:
+            raise _unknown_signal_type(name)
+    sha256 = hashlib.sha256
+    return [
+        sha256(f"{t}\x00{v}".encode()).digest()[:RECORD_ID_BYTES].hex()
+        for t, v in zip(types, normalized_values, strict=True)
+    ]
