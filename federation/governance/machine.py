@@ -61,18 +61,26 @@ class RecordState:
     def labels(self) -> list[str]:
         if self.relabelled is not None:
             return list(self.relabelled)
-        return sorted({label for ls in self.contributions.values() for label in ls})
+        contributions = self.contributions
+        if len(contributions) == 1:  # the common case: no set to merge
+            for only in contributions.values():
+                return sorted(set(only)) if len(only) > 1 else list(only)
+        return sorted({label for ls in contributions.values() for label in ls})
 
     @property
     def contributors(self) -> list[str]:
         return sorted(self.contributions)
 
     def opinion_counts(self) -> dict[str, int]:
+        if not self.opinions:  # most records: no Counter to build
+            return {}
         return dict(sorted(Counter(self.opinions.values()).items()))
 
     @property
     def disputed(self) -> bool:
-        return bool(self.open_disputes) or opinion_flagged(self.opinion_counts())
+        if self.open_disputes:
+            return True
+        return bool(self.opinions) and opinion_flagged(self.opinion_counts())
 
     @property
     def visible(self) -> bool:
