@@ -124,6 +124,12 @@ class FeedEnd(_Out):
 class FeedQuery(_Out):
     after: str | None = Field(None, description="Cursor from a previous page; omit to start")
     limit: int = Field(1000, ge=1, description="Page size (JSON: at most 10,000)")
+    end: int | None = Field(
+        None,
+        ge=0,
+        description="Only versions before this log index: pins the feed to a checkpoint's "
+        "tree size (an auditor comparing the feed with the checkpoint it audited)",
+    )
 
 
 class KeyOut(_Out):

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import Integer, bindparam, select
 
 import federation
 from federation.api import models as m
@@ -23,6 +23,7 @@ from federation.log.feed import (
     MAX_PAGE,
     STREAM_CHUNK,
     decode_cursor,
+    driver_rows,
     encode_cursor,
     log_size,
     read_page,
@@ -160,12 +161,13 @@ async def get_feed(request: web.Request) -> web.StreamResponse:
     _authorised(request, READERS)
     position = decode_cursor(request.query.get("after"))
     limit = int_query(request, "limit", DEFAULT_PAGE)
+    end = int_query(request, "end", 0, minimum=0) if "end" in request.query else None
     db = request.app[DB]
     if NDJSON in request.headers.get("Accept", ""):
-        return await _stream_feed(request, db, position, limit)
+        return await _stream_feed(request, db, position, limit, end)
     limit = min(limit, MAX_PAGE)
     async with db.reading() as conn:
-        rows = await read_page(conn, position, limit + 1)
+        rows = await read_page(conn, position, limit + 1, end)
     has_more = len(rows) > limit
     rows = rows[:limit]
     next_position = rows[-1][0] + 1 if rows else position
@@ -185,7 +187,7 @@ async def get_feed(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream_feed(
-    request: web.Request, db: Database, position: int, limit: int
+    request: web.Request, db: Database, position: int, limit: int, end: int | None
 ) -> web.StreamResponse:
     count = 0
     has_more = False
@@ -193,7 +195,7 @@ async def _stream_feed(
         while count < limit:
             want = min(STREAM_CHUNK, limit - count)
             async with db.reading() as conn:
-                rows = await read_page(conn, position, want + 1)
+                rows = await read_page(conn, position, want + 1, end)
             has_more = len(rows) > want
             rows = rows[:want]
             if not rows:
@@ -242,32 +244,46 @@ async def get_record(request: web.Request) -> web.Response:
     return json_response(_record_out(row))
 
 
+_RECORDS_PAGE = (
+    select(records)
+    .where(records.c.id > bindparam("after"))
+    .order_by(records.c.id)
+    .limit(bindparam("limit", type_=Integer))
+)
+
+
 async def get_records(request: web.Request) -> web.Response:
     """Every record's current state, by id (overseers: auditors compare it with the log)."""
     _authorised(request, (Role.ADMIN, Role.AUDITOR))
     limit = min(int_query(request, "limit", 1000), MAX_PAGE)
-    query = select(records).order_by(records.c.id).limit(limit)
-    if "after" in request.query:
-        query = query.where(records.c.id > request.query["after"])
+    after = request.query.get("after", "")
     async with request.app[DB].reading() as conn:
-        rows = (await conn.execute(query)).all()
-    items = [_record_out(row) for row in rows]
+        rows = await driver_rows(conn, _RECORDS_PAGE, after=after, limit=limit)
+    items = [_record_out(row, raw=True) for row in rows]
     return json_response(
         {"records": items, "next": items[-1]["id"] if len(items) == limit else None}
     )
 
 
-def _record_out(row: Any) -> dict[str, Any]:
-    state = state_from_row(row)
+def _record_out(row: Any, *, raw: bool = False) -> dict[str, Any]:
+    """A ``records`` row as served. ``raw``: labels and contributors (sorted JSON lists)
+    are spliced in as stored, not parsed and encoded again."""
+    if row.gov == "{}":  # no approvals, opinions or disputes: nothing to derive
+        disputed, opinions = False, {}
+    else:
+        state = state_from_row(row)
+        disputed, opinions = state.disputed, state.opinion_counts()
     return {
         "id": row.id,
         "signal_type": row.signal_type,
         "value": row.value,
         "state": row.state,
-        "labels": orjson.loads(row.labels),
-        "contributors": orjson.loads(row.contributors),
-        "disputed": state.disputed,
-        "opinions": state.opinion_counts(),
+        "labels": orjson.Fragment(row.labels) if raw else orjson.loads(row.labels),
+        "contributors": (
+            orjson.Fragment(row.contributors) if raw else orjson.loads(row.contributors)
+        ),
+        "disputed": disputed,
+        "opinions": opinions,
         "version": row.version,
         "head_index": row.head_idx,
         "created_at": row.created_at,
