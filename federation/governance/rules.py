@@ -90,7 +90,7 @@ def check_may_sign(statement_type: str, roles: Collection[str]) -> None:
     allowed = STATEMENT_ROLES.get(statement_type)
     if allowed is None:
         raise HashfedError(Problem.STATEMENT_WRONG_TYPE, f"unknown statement type {statement_type}")
-    if not allowed.intersection(roles):
+    if allowed.isdisjoint(roles):
         wanted = " or ".join(sorted(r.value for r in allowed))
         raise HashfedError(
             Problem.FORBIDDEN_ROLE, f"a {statement_type} statement needs the role {wanted}"
@@ -146,7 +146,7 @@ def transition(state: State, action: Action, roles: Collection[str]) -> State:
             Problem.INVALID_TRANSITION, f"cannot {action.value} a record that is {state.value}"
         )
     allowed, following = entry
-    if not allowed.intersection(roles):
+    if allowed.isdisjoint(roles):
         wanted = " or ".join(sorted(r.value for r in allowed))
         raise HashfedError(Problem.FORBIDDEN_ROLE, f"{action.value} needs the role {wanted}")
     return state if following is None else following
