@@ -22,7 +22,6 @@ Every violation names the leaf index where it was found.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import bisect
 import gc
@@ -83,7 +82,6 @@ MAX_VIOLATIONS = 10_000
 GC_FREEZE_LEAVES = 5000
 # A leaf line carries a whole statement (up to 100,000 items, base64 twice).
 MAX_LEAF_LINE = 1 << 28
-RECORDS_PAGE = 10_000
 CACHE_BATCH = 5_000  # leaves per batch read from the cache
 # A leaf's first key is "cause" or "index": lines of a raw leaf stream that start
 # with "kind" are the server's (a gap, then the trailer that ends every stream).
@@ -157,18 +155,28 @@ class Replay:
     def add_lines(self, lines: list[bytes]) -> None:
         """Take the lines of a raw leaf stream: each the next leaf, except a ``gap``
         line, by which the server says where the following leaf is."""
-        add = self.add
+        take, sha256 = self._take, hashlib.sha256
+        hashes: list[bytes] = []
         for line in lines:
             if line.startswith(CONTROL):  # a leaf's first key is "cause" or "index"
                 doc = _json_object(line)
                 if doc is not None and doc.get("kind") == "gap" and type(doc.get("next")) is int:
                     self.position = doc["next"]
                     continue
-            add(self.position, line)
+            hashed = sha256(b"\x00" + line).digest()  # leaf_hash, inlined
+            hashes.append(hashed)
+            take(self.position, line, hashed)
             self.position += 1
+        self.tree.extend(hashes)
 
     def add(self, index: int, leaf: bytes) -> None:
         """Take the leaf at ``index`` (leaves must come in order)."""
+        hashed = leaf_hash(leaf)
+        self.tree.append(hashed)
+        self._take(index, leaf, hashed)
+
+    def _take(self, index: int, leaf: bytes, hashed: bytes) -> None:
+        """Check the leaf at ``index`` whose hash (already in the tree) is ``hashed``."""
         if index != self.next_index:
             self.violation(index, "sequence", f"leaf {self.next_index} is missing (got {index})")
         self.next_index = index + 1
@@ -177,8 +185,6 @@ class Replay:
             # collector's sight, or each full collection walks all of it again (a third
             # of the replay's time at a million leaves). audit() gives it back at the end.
             gc.freeze()
-        hashed = leaf_hash(leaf)
-        self.tree.append(hashed)
         self.report.leaves += 1
         # Most leaves are the versions the replay expects: build the expected leaf and
         # compare bytes. Equal bytes pass every check below; anything else takes the
@@ -589,72 +595,93 @@ async def _compare_records(
 ) -> list[dict[str, Any]]:
     """Every record the server serves must equal the replay's (and none may be missing).
 
-    A record whose head version is at or past ``size`` changed after the
-    audited checkpoint: it is returned, to be checked against that version.
-    Pages are fetched one ahead, so the server reads the next while this
-    compares.
+    The server streams each record's log-determined state as a canonical JSON
+    line: the replay's state is encoded the same way and compared as bytes;
+    only a line that differs is parsed, to say how. A record whose head
+    version is at or past ``size`` changed after the audited checkpoint: it
+    is returned, to be checked against that version.
     """
-    records, heads = replay.records, replay.heads
-    seen: set[str] = set()
-    later: list[dict[str, Any]] = []
+    check = _RecordsCheck(replay, size)
+    url = client.url("/v1/records")
+    ended = False
+    async with client.session.get(url, headers=_stream_headers(client, url)) as resp:
+        if resp.status >= 400:
+            raise error_for(resp.status, resp.headers.get("Content-Type", ""), await resp.read())
+        async for lines in ndjson_lines(resp):
+            if lines and lines[-1].startswith(TRAILER):
+                lines.pop()
+                ended = True
+            check.lines(lines)
+            if ended:
+                break
+    if not ended:
+        raise TransportError("records stream ended without its trailer (truncated); run again")
+    for rid in replay.records.keys() - check.seen:
+        replay.violation(
+            replay.heads.get(rid), "records", f"record {rid} is in the log but not served"
+        )
+    return check.later
 
-    def fetch(after: str | None) -> asyncio.Task[Any]:
-        params: dict[str, str | int] = {"limit": RECORDS_PAGE}
-        if after:
-            params["after"] = after
-        return asyncio.create_task(client.get_json("/v1/records", params))
 
-    pending: asyncio.Task[Any] | None = fetch(None)
-    try:
-        while pending is not None:
-            page = await pending
-            after = page["next"]
-            pending = fetch(after) if after is not None else None
-            served_page = page["records"]
-            replay.report.records_compared += len(served_page)
-            for n, served in enumerate(served_page):
-                if n % 1000 == 999:
-                    await asyncio.sleep(0)  # let the next page's request go out and in
-                rid = served["id"]
+class _RecordsCheck:
+    def __init__(self, replay: Replay, size: int) -> None:
+        self.replay = replay
+        self.size = size
+        self.seen: set[str] = set()
+        self.later: list[dict[str, Any]] = []
+
+    def lines(self, lines: list[bytes]) -> None:
+        self.replay.report.records_compared += len(lines)
+        records, heads, seen = self.replay.records, self.replay.heads, self.seen
+        for line in lines:
+            at = line.find(b'"id":"') + 6
+            rid = line[at : at + 32].decode("ascii", "replace")
+            rebuilt = records.get(rid)
+            if rebuilt is not None and line == canonical_json(
+                {
+                    "contributors": rebuilt.contributors,
+                    "disputed": rebuilt.disputed,
+                    "head_index": heads.get(rid),
+                    "id": rid,
+                    "labels": rebuilt.labels,
+                    "state": rebuilt.state,
+                    "version": rebuilt.version,
+                }
+            ):
                 seen.add(rid)
-                head = served.get("head_index")
-                if type(head) is int and head >= size:
-                    later.append(served)
-                    continue
-                rebuilt = records.get(rid)
-                if rebuilt is None:
-                    replay.violation(
-                        None, "records", f"record {rid} is served but no statement made it"
-                    )
-                    continue
-                if (
-                    head == heads.get(rid)
-                    and served.get("version") == rebuilt.version
-                    and served.get("state") == rebuilt.state.value
-                    and served.get("disputed") == rebuilt.disputed
-                    and served.get("labels") == rebuilt.labels
-                    and served.get("contributors") == rebuilt.contributors
-                ):
-                    continue
-                mine = {
-                    "state": rebuilt.state.value, "labels": rebuilt.labels,
-                    "contributors": rebuilt.contributors, "version": rebuilt.version,
-                    "disputed": rebuilt.disputed, "head_index": heads.get(rid),
-                }  # fmt: skip
-                differs = [k for k, v in mine.items() if served.get(k) != v]
-                shown = "; ".join(
-                    f"{k}: served {served.get(k)!r}, log {mine[k]!r}" for k in differs
-                )
-                replay.violation(
-                    heads.get(rid), "records",
-                    f"record {rid} as served differs from the log ({shown})",
-                )  # fmt: skip
-    finally:
-        if pending is not None:
-            pending.cancel()
-    for rid in records.keys() - seen:
-        replay.violation(heads.get(rid), "records", f"record {rid} is in the log but not served")
-    return later
+            else:
+                self._other(line)
+
+    def _other(self, line: bytes) -> None:
+        """A line that is not the replay's state of its record: say how."""
+        replay = self.replay
+        served = _json_object(line)
+        rid = served.get("id") if served is not None else None
+        if served is None or not isinstance(rid, str):
+            replay.violation(None, "records", "the records listing has a line that is no record")
+            return
+        self.seen.add(rid)
+        head = served.get("head_index")
+        if type(head) is int and head >= self.size:
+            self.later.append(served)
+            return
+        rebuilt = replay.records.get(rid)
+        if rebuilt is None:
+            replay.violation(None, "records", f"record {rid} is served but no statement made it")
+            return
+        mine = {
+            "state": rebuilt.state.value, "labels": rebuilt.labels,
+            "contributors": rebuilt.contributors, "version": rebuilt.version,
+            "disputed": rebuilt.disputed, "head_index": replay.heads.get(rid),
+        }  # fmt: skip
+        differs = [k for k, v in mine.items() if served.get(k) != v]
+        if not differs:  # the same state, encoded otherwise
+            return
+        shown = "; ".join(f"{k}: served {served.get(k)!r}, log {mine[k]!r}" for k in differs)
+        replay.violation(
+            replay.heads.get(rid), "records",
+            f"record {rid} as served differs from the log ({shown})",
+        )  # fmt: skip
 
 
 async def _compare_later_records(

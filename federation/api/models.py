@@ -174,6 +174,31 @@ class RecordList(_Out):
     next: str | None = Field(description="Pass as 'after' for the next page")
 
 
+class RecordsQuery(_Out):
+    after: str | None = Field(None, description="Record id to continue after; omit to start")
+    limit: int = Field(1000, ge=1, description="Page size (JSON: at most 10,000; NDJSON: all)")
+
+
+class RecordState(_Out):
+    """A record's state as the log determines it: one line of the NDJSON listing,
+    canonical JSON (sorted keys, no spaces), so an auditor compares bytes."""
+
+    contributors: list[str]
+    disputed: bool
+    head_index: int
+    id: str
+    labels: list[str]
+    state: str
+    version: int
+
+
+class RecordsEnd(_Out):
+    """Last line of an NDJSON records listing; a stream without it was truncated."""
+
+    kind: Literal["end"]
+    count: int
+
+
 class Me(_Out):
     org: str
     key_id: str
