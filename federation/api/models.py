@@ -180,8 +180,9 @@ class RecordsQuery(_Out):
 
 
 class RecordState(_Out):
-    """A record's state as the log determines it: one line of the NDJSON listing,
-    canonical JSON (sorted keys, no spaces), so an auditor compares bytes."""
+    """A record's state as the log determines it: one line of the NDJSON listing (all
+    records, in no particular order), canonical JSON (sorted keys, no spaces), so that
+    an auditor compares bytes."""
 
     contributors: list[str]
     disputed: bool

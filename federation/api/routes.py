@@ -268,40 +268,11 @@ async def get_records(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def _stream_record_states(request: web.Request, after: str) -> web.StreamResponse:
-    """Every record after ``after`` as a :class:`RecordState` line, then a trailer."""
-    db = request.app[DB]
-    count = 0
-    async with NdjsonStream(request) as stream:
-        while True:
-            async with db.reading() as conn:
-                rows = await driver_rows(conn, _RECORDS_PAGE, after=after, limit=STREAM_CHUNK)
-            if rows:
-                await stream.write(b"".join([_state_line(row) for row in rows]))
-                count += len(rows)
-                after = rows[-1].id
-            if len(rows) < STREAM_CHUNK:
-                break
-        await stream.write(orjson.dumps({"kind": "end", "count": count}) + b"\n")
-    return stream.response
-
-
-def _state_line(row: Any) -> bytes:
-    """A record's log-determined state, canonical JSON on a line (stored lists as they are:
-    sorted, compact)."""
-    disputed = False if row.gov == "{}" else state_from_row(row).disputed
-    return orjson.dumps(
-        {
-            "contributors": orjson.Fragment(row.contributors),
-            "disputed": disputed,
-            "head_index": row.head_idx,
-            "id": row.id,
-            "labels": orjson.Fragment(row.labels),
-            "state": row.state,
-            "version": row.version,
-        },
-        option=orjson.OPT_APPEND_NEWLINE,
-    )
+_RECORD_STATES = select(
+    records.c.id, records.c.signal_type, records.c.value, records.c.state, records.c.labels,
+    records.c.contributors, records.c.version, records.c.published, records.c.head_idx,
+    records.c.gov,
+)  # fmt: skip
 
 
 def _record_out(row: Any, *, raw: bool = False) -> dict[str, Any]:
@@ -328,6 +299,41 @@ def _record_out(row: Any, *, raw: bool = False) -> dict[str, Any]:
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     }
+
+
+async def _stream_record_states(request: web.Request, after: str) -> web.StreamResponse:
+    """Every record (after ``after``) as a :class:`RecordState` line, then a trailer.
+
+    One query, in the table's order: walking the id index costs a random row
+    read per record (half the stream's time on SQLite). The lines are in no
+    particular order."""
+    query = _RECORD_STATES.where(records.c.id > after) if after else _RECORD_STATES
+    count = 0
+    async with NdjsonStream(request) as stream:
+        async with request.app[DB].reading() as conn:
+            result = await conn.stream(query)
+            async for rows in result.partitions(STREAM_CHUNK):
+                await stream.write(b"".join([_state_line(row) for row in rows]))
+                count += len(rows)
+        await stream.write(orjson.dumps({"kind": "end", "count": count}) + b"\n")
+    return stream.response
+
+
+def _state_line(row: Any) -> bytes:
+    """A record's log-determined state: canonical JSON (sorted keys; the stored lists are
+    sorted, compact JSON) on a line."""
+    rid, _, _, state, labels, contributors, version, _, head_idx, gov = row
+    disputed = gov != "{}" and state_from_row(row).disputed
+    return _STATE_LINE % (
+        contributors.encode(), b"true" if disputed else b"false", head_idx, orjson.dumps(rid),
+        labels.encode(), orjson.dumps(state), version,
+    )  # fmt: skip
+
+
+_STATE_LINE = (
+    b'{"contributors":%s,"disputed":%s,"head_index":%d,"id":%s,"labels":%s,"state":%s,'
+    b'"version":%d}\n'
+)
 
 
 async def get_orgs(request: web.Request) -> web.Response:
