@@ -97,6 +97,9 @@ def check_may_sign(statement_type: str, roles: Collection[str]) -> None:
         )
 
 
+_APPROVED, _PENDING = State.APPROVED, State.PENDING  # class lookups of members are slow
+
+
 @dataclass(frozen=True)
 class Policy:
     """The federation's policy document (versioned; changed by signed admin statements)."""
@@ -110,8 +113,8 @@ class Policy:
     def initial_state(self, contributor: str) -> State:
         """Where a new submission lands: approved when trusted (or auto-approve), else pending."""
         if self.auto_approve or contributor in self.trusted_contributors:
-            return State.APPROVED
-        return State.PENDING
+            return _APPROVED
+        return _PENDING
 
 
 # Which roles may take which action, and from which states. This table is the
