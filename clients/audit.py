@@ -360,18 +360,21 @@ class LeafCache:
         self.path = path
 
     def read(self, limit: int) -> Iterator[list[bytes]]:
-        """Up to ``limit`` cached leaves, in batches; the file is cut after the last one
-        used (a torn last line, or leaves past ``limit``), so that appends continue it."""
+        """The cached leaves, in batches, unless there are more than ``limit`` (another
+        log's: the cache starts again); the file is cut after the last whole line, so
+        that appends continue it."""
         if self.path is None or not self.path.exists():
             return
         with self.path.open("r+b") as fh:
-            if fh.readline() != self.HEADER:  # another format (or not a cache): start again
-                fh.truncate(0)
+            lines = sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 24), b""))
+            fh.seek(0)
+            if fh.readline() != self.HEADER or lines - 1 > limit:
+                fh.truncate(0)  # another format, not a cache, or a longer log: start again
                 return
             good = fh.tell()
             batch: list[bytes] = []
-            for count, line in enumerate(fh):
-                if count >= limit or not line.endswith(b"\n"):
+            for line in fh:
+                if not line.endswith(b"\n"):  # torn: download again from there
                     break
                 batch.append(line[:-1])
                 good += len(line)

@@ -206,3 +206,19 @@ async def test_large_batches_and_a_long_feed_audit_clean(fed: Federation) -> Non
     report = await run_audit(fed)
     assert report.violations == []
     assert report.feed_items_compared == 5_000
+
+
+async def test_a_cache_of_another_format_or_a_longer_log_starts_again(
+    fed: Federation, tmp_path: Any
+) -> None:
+    await busy_federation(fed)
+    cache = tmp_path / "leaves.ndjson"
+    cache.write_bytes(b'{"index":0,"leaf":"e30="}\n')  # an earlier format
+    first = await run_audit(fed, cache=cache)
+    assert first.violations == [] and first.leaves == first.size
+    lines = cache.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 1 + first.size  # a header, then a leaf a line
+    cache.write_bytes(b"".join(lines) + lines[-1])  # a leaf more than the log holds
+    second = await run_audit(fed, cache=cache)
+    assert second.violations == [] and second.leaves == first.size
+    assert len(cache.read_bytes().splitlines()) == 1 + first.size
