@@ -31,6 +31,7 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -528,21 +529,27 @@ async def _audit(
     if progress:
         progress(replay.position, size)
     sink = leaf_cache.writer()
+    # The cache is written by a thread of its own (file writes release the GIL): the
+    # copies into the page cache, a second of CPU a million leaves, leave the replay's.
+    writer = ThreadPoolExecutor(1, "audit-cache") if sink is not None else None
+    written: list[Future[None]] = []
     try:
         shown = replay.position
         async for batch in stream_leaves(client, replay.position, size):
-            if sink is not None:
-                sink.write(b"\n".join(batch))
-                sink.write(b"\n")
+            if writer is not None and sink is not None:
+                written.append(writer.submit(sink.writelines, (b"\n".join(batch), b"\n")))
             replay.add_lines(batch)
             if progress and replay.position - shown >= 5000:
                 progress(replay.position, size)
                 shown = replay.position
     finally:
-        if sink is not None:
+        if writer is not None and sink is not None:
+            writer.shutdown(wait=True)
             sink.flush()
             os.fsync(sink.fileno())
             sink.close()
+    for write in written:
+        write.result()  # a failed write raises here
     if progress:
         progress(size, size)
     replay.finish()
