@@ -222,3 +222,25 @@ async def test_a_cache_of_another_format_or_a_longer_log_starts_again(
     second = await run_audit(fed, cache=cache)
     assert second.violations == [] and second.leaves == first.size
     assert len(cache.read_bytes().splitlines()) == 1 + first.size
+
+
+async def test_a_feed_hiding_or_inventing_versions_is_caught(fed: Federation) -> None:
+    await busy_federation(fed)
+    async with fed.db.writing() as conn:
+        rows = (
+            await conn.execute(
+                select(log.c.idx, log.c.visible).where(log.c.kind == LEAF_VERSION)
+                .order_by(log.c.idx)
+            )
+        ).all()  # fmt: skip
+        shown = next(int(r.idx) for r in rows if r.visible)
+        hidden = next(int(r.idx) for r in rows if not r.visible)
+        await conn.execute(update(log).where(log.c.idx == shown).values(visible=False))
+        await conn.execute(update(log).where(log.c.idx == hidden).values(visible=True))
+    report = await run_audit(fed)
+    feed = {(v.index, v.detail) for v in report.violations if v.check == "feed"}
+    assert feed == {
+        (shown, "a visible version is missing from the feed"),
+        (hidden, "the feed serves a version consumers should not see"),
+    }
+    assert (None, "root") not in checks_at(report)  # the log itself is intact
