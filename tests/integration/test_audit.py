@@ -244,3 +244,14 @@ async def test_a_feed_hiding_or_inventing_versions_is_caught(fed: Federation) ->
         (hidden, "the feed serves a version consumers should not see"),
     }
     assert (None, "root") not in checks_at(report)  # the log itself is intact
+
+
+async def test_a_version_with_an_out_of_range_time_is_caught(fed: Federation) -> None:
+    await busy_federation(fed)
+    idx, leaf = await _leaf(fed, LEAF_VERSION, 2)
+    at = leaf.index(b'"time":') + len(b'"time":')
+    end = leaf.index(b",", at)
+    await _set_leaf(fed, idx, leaf[:at] + b"1" + b"0" * 30 + leaf[end:])
+    report = await run_audit(fed)
+    assert (idx, "leaf") in checks_at(report)
+    assert (None, "root") in checks_at(report)
