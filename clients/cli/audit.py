@@ -125,6 +125,7 @@ def _show(ctx: Ctx, report: AuditReport) -> None:
         ["signatures verified", report.signatures_verified],
         ["versions replayed", report.versions_checked],
         ["records compared", report.records_compared],
+        ["  of which changed after the checkpoint", report.records_after_checkpoint],
         ["feed items compared", report.feed_items_compared],
         ["seconds", report.seconds],
     ]  # fmt: skip

@@ -124,6 +124,12 @@ class FeedEnd(_Out):
 class FeedQuery(_Out):
     after: str | None = Field(None, description="Cursor from a previous page; omit to start")
     limit: int = Field(1000, ge=1, description="Page size (JSON: at most 10,000)")
+    end: int | None = Field(
+        None,
+        ge=0,
+        description="Only versions before this log index: pins the feed to a checkpoint's "
+        "tree size (an auditor comparing the feed with the checkpoint it audited)",
+    )
 
 
 class KeyOut(_Out):
@@ -166,6 +172,32 @@ class RecordOut(_Out):
 class RecordList(_Out):
     records: list[RecordOut]
     next: str | None = Field(description="Pass as 'after' for the next page")
+
+
+class RecordsQuery(_Out):
+    after: str | None = Field(None, description="Record id to continue after; omit to start")
+    limit: int = Field(1000, ge=1, description="Page size (JSON: at most 10,000; NDJSON: all)")
+
+
+class RecordState(_Out):
+    """A record's state as the log determines it: one line of the NDJSON listing (all
+    records, in no particular order), canonical JSON (sorted keys, no spaces), so that
+    an auditor compares bytes."""
+
+    contributors: list[str]
+    disputed: bool
+    head_index: int
+    id: str
+    labels: list[str]
+    state: str
+    version: int
+
+
+class RecordsEnd(_Out):
+    """Last line of an NDJSON records listing; a stream without it was truncated."""
+
+    kind: Literal["end"]
+    count: int
 
 
 class Me(_Out):

@@ -27,6 +27,8 @@ def openapi_document() -> dict[str, Any]:
     models: set[type[BaseModel]] = {m.ProblemDetails}
     for route in ROUTES:
         models.update(x for x in (route.request, route.response, route.ndjson) if x is not None)
+        if route.ndjson is not None:
+            models.add(route.ndjson_item)
     _, schemas = models_json_schema(
         [(model, "validation") for model in sorted(models, key=lambda x: x.__name__)],
         ref_template=REF,
@@ -94,7 +96,8 @@ def _responses(route: Any) -> dict[str, Any]:
         if route.ndjson is not None:
             content["application/x-ndjson"] = {
                 "schema": {"type": "string"},
-                "description": "One RecordVersion per line, then a FeedEnd line",
+                "description": f"One {route.ndjson_item.__name__} per line, then a "
+                f"{route.ndjson.__name__} line",
             }
         ok["content"] = content
     problem = {

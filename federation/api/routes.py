@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import Integer, bindparam, select
 
 import federation
 from federation.api import models as m
@@ -23,6 +23,7 @@ from federation.log.feed import (
     MAX_PAGE,
     STREAM_CHUNK,
     decode_cursor,
+    driver_rows,
     encode_cursor,
     log_size,
     read_page,
@@ -52,7 +53,8 @@ class Route:
     status: int = 200
     query: type[BaseModel] | None = None
     tags: tuple[str, ...] = ()
-    ndjson: type[BaseModel] | None = None
+    ndjson: type[BaseModel] | None = None  # the NDJSON stream's last line
+    ndjson_item: type[BaseModel] = m.RecordVersion  # the model of its other lines
     path_params: tuple[str, ...] = field(default=())
 
 
@@ -160,12 +162,13 @@ async def get_feed(request: web.Request) -> web.StreamResponse:
     _authorised(request, READERS)
     position = decode_cursor(request.query.get("after"))
     limit = int_query(request, "limit", DEFAULT_PAGE)
+    end = int_query(request, "end", 0, minimum=0) if "end" in request.query else None
     db = request.app[DB]
     if NDJSON in request.headers.get("Accept", ""):
-        return await _stream_feed(request, db, position, limit)
+        return await _stream_feed(request, db, position, limit, end)
     limit = min(limit, MAX_PAGE)
     async with db.reading() as conn:
-        rows = await read_page(conn, position, limit + 1)
+        rows = await read_page(conn, position, limit + 1, end)
     has_more = len(rows) > limit
     rows = rows[:limit]
     next_position = rows[-1][0] + 1 if rows else position
@@ -185,7 +188,7 @@ async def get_feed(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream_feed(
-    request: web.Request, db: Database, position: int, limit: int
+    request: web.Request, db: Database, position: int, limit: int, end: int | None
 ) -> web.StreamResponse:
     count = 0
     has_more = False
@@ -193,7 +196,7 @@ async def _stream_feed(
         while count < limit:
             want = min(STREAM_CHUNK, limit - count)
             async with db.reading() as conn:
-                rows = await read_page(conn, position, want + 1)
+                rows = await read_page(conn, position, want + 1, end)
             has_more = len(rows) > want
             rows = rows[:want]
             if not rows:
@@ -242,37 +245,95 @@ async def get_record(request: web.Request) -> web.Response:
     return json_response(_record_out(row))
 
 
-async def get_records(request: web.Request) -> web.Response:
+_RECORDS_PAGE = (
+    select(records)
+    .where(records.c.id > bindparam("after"))
+    .order_by(records.c.id)
+    .limit(bindparam("limit", type_=Integer))
+)
+
+
+async def get_records(request: web.Request) -> web.StreamResponse:
     """Every record's current state, by id (overseers: auditors compare it with the log)."""
     _authorised(request, (Role.ADMIN, Role.AUDITOR))
+    after = request.query.get("after", "")
+    if NDJSON in request.headers.get("Accept", ""):
+        return await _stream_record_states(request, after)
     limit = min(int_query(request, "limit", 1000), MAX_PAGE)
-    query = select(records).order_by(records.c.id).limit(limit)
-    if "after" in request.query:
-        query = query.where(records.c.id > request.query["after"])
     async with request.app[DB].reading() as conn:
-        rows = (await conn.execute(query)).all()
-    items = [_record_out(row) for row in rows]
+        rows = await driver_rows(conn, _RECORDS_PAGE, after=after, limit=limit)
+    items = [_record_out(row, raw=True) for row in rows]
     return json_response(
         {"records": items, "next": items[-1]["id"] if len(items) == limit else None}
     )
 
 
-def _record_out(row: Any) -> dict[str, Any]:
-    state = state_from_row(row)
+_RECORD_STATES = select(
+    records.c.id, records.c.signal_type, records.c.value, records.c.state, records.c.labels,
+    records.c.contributors, records.c.version, records.c.published, records.c.head_idx,
+    records.c.gov,
+)  # fmt: skip
+
+
+def _record_out(row: Any, *, raw: bool = False) -> dict[str, Any]:
+    """A ``records`` row as served. ``raw``: labels and contributors (sorted JSON lists)
+    are spliced in as stored, not parsed and encoded again."""
+    if row.gov == "{}":  # no approvals, opinions or disputes: nothing to derive
+        disputed, opinions = False, {}
+    else:
+        state = state_from_row(row)
+        disputed, opinions = state.disputed, state.opinion_counts()
     return {
         "id": row.id,
         "signal_type": row.signal_type,
         "value": row.value,
         "state": row.state,
-        "labels": orjson.loads(row.labels),
-        "contributors": orjson.loads(row.contributors),
-        "disputed": state.disputed,
-        "opinions": state.opinion_counts(),
+        "labels": orjson.Fragment(row.labels) if raw else orjson.loads(row.labels),
+        "contributors": (
+            orjson.Fragment(row.contributors) if raw else orjson.loads(row.contributors)
+        ),
+        "disputed": disputed,
+        "opinions": opinions,
         "version": row.version,
         "head_index": row.head_idx,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     }
+
+
+async def _stream_record_states(request: web.Request, after: str) -> web.StreamResponse:
+    """Every record (after ``after``) as a :class:`RecordState` line, then a trailer.
+
+    One query, in the table's order: walking the id index costs a random row
+    read per record (half the stream's time on SQLite). The lines are in no
+    particular order."""
+    query = _RECORD_STATES.where(records.c.id > after) if after else _RECORD_STATES
+    count = 0
+    async with NdjsonStream(request) as stream:
+        async with request.app[DB].reading() as conn:
+            result = await conn.stream(query)
+            async for rows in result.partitions(STREAM_CHUNK):
+                await stream.write(b"".join([_state_line(row) for row in rows]))
+                count += len(rows)
+        await stream.write(orjson.dumps({"kind": "end", "count": count}) + b"\n")
+    return stream.response
+
+
+def _state_line(row: Any) -> bytes:
+    """A record's log-determined state: canonical JSON (sorted keys; the stored lists are
+    sorted, compact JSON) on a line."""
+    rid, _, _, state, labels, contributors, version, _, head_idx, gov = row
+    disputed = gov != "{}" and state_from_row(row).disputed
+    return _STATE_LINE % (
+        contributors.encode(), b"true" if disputed else b"false", head_idx, orjson.dumps(rid),
+        labels.encode(), orjson.dumps(state), version,
+    )  # fmt: skip
+
+
+_STATE_LINE = (
+    b'{"contributors":%s,"disputed":%s,"head_index":%d,"id":%s,"labels":%s,"state":%s,'
+    b'"version":%d}\n'
+)
 
 
 async def get_orgs(request: web.Request) -> web.Response:
@@ -363,9 +424,13 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/records",
         get_records,
-        "Every record's current state, by id (overseers)",
+        "Every record's current state, by id (overseers); as NDJSON, the state the log "
+        "determines, one canonical line a record",
         (Role.ADMIN, Role.AUDITOR),
         response=m.RecordList,
+        query=m.RecordsQuery,
+        ndjson=m.RecordsEnd,
+        ndjson_item=m.RecordState,
         tags=("records",),
     ),
     Route(

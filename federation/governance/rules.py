@@ -90,11 +90,14 @@ def check_may_sign(statement_type: str, roles: Collection[str]) -> None:
     allowed = STATEMENT_ROLES.get(statement_type)
     if allowed is None:
         raise HashfedError(Problem.STATEMENT_WRONG_TYPE, f"unknown statement type {statement_type}")
-    if not allowed.intersection(roles):
+    if allowed.isdisjoint(roles):
         wanted = " or ".join(sorted(r.value for r in allowed))
         raise HashfedError(
             Problem.FORBIDDEN_ROLE, f"a {statement_type} statement needs the role {wanted}"
         )
+
+
+_APPROVED, _PENDING = State.APPROVED, State.PENDING  # class lookups of members are slow
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,8 @@ class Policy:
     def initial_state(self, contributor: str) -> State:
         """Where a new submission lands: approved when trusted (or auto-approve), else pending."""
         if self.auto_approve or contributor in self.trusted_contributors:
-            return State.APPROVED
-        return State.PENDING
+            return _APPROVED
+        return _PENDING
 
 
 # Which roles may take which action, and from which states. This table is the
@@ -146,7 +149,7 @@ def transition(state: State, action: Action, roles: Collection[str]) -> State:
             Problem.INVALID_TRANSITION, f"cannot {action.value} a record that is {state.value}"
         )
     allowed, following = entry
-    if not allowed.intersection(roles):
+    if allowed.isdisjoint(roles):
         wanted = " or ".join(sorted(r.value for r in allowed))
         raise HashfedError(Problem.FORBIDDEN_ROLE, f"{action.value} needs the role {wanted}")
     return state if following is None else following

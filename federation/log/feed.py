@@ -43,11 +43,15 @@ def decode_cursor(cursor: str | None) -> int:
     return int(digits)
 
 
+# No log reaches this index: the default upper bound of a read.
+NO_END = 2**62
+
 _PAGE = (
     select(log.c.idx, log.c.leaf)
     .where(
         and_(
             log.c.idx >= bindparam("position"),
+            log.c.idx < bindparam("end"),
             log.c.visible.is_(True),
             log.c.kind == LEAF_VERSION,
         )
@@ -56,27 +60,53 @@ _PAGE = (
     .limit(bindparam("limit", type_=Integer))
 )
 
+_LEAVES = (
+    select(log.c.idx, log.c.leaf)
+    .where(and_(log.c.idx >= bindparam("position"), log.c.idx < bindparam("end")))
+    .order_by(log.c.idx)
+    .limit(bindparam("limit", type_=Integer))
+)
+
 
 @functools.cache
-def _page_sql(dialect: Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-    compiled = _PAGE.compile(dialect=dialect)
+def _compiled(query: Any, dialect: Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    compiled = query.compile(dialect=dialect)
     return str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params)
 
 
-async def read_page(
-    conn: AsyncConnection, position: int, limit: int
-) -> Sequence[tuple[int, bytes]]:
-    """Up to ``limit`` visible version leaves at or after ``position``, in log order.
-
-    The hot read of every pull: the Core query is compiled once and its rows
-    taken from the driver as they are (SQLAlchemy's row processing doubled
-    the server's cost per version).
-    """
-    sql, names, constants = _page_sql(conn.dialect)
-    values = {**constants, "position": position, "limit": limit}
+async def driver_rows(conn: AsyncConnection, query: Any, **values: Any) -> Sequence[Any]:
+    """The rows of a Core ``query`` (a module constant: it is compiled once) as the
+    driver returns them: SQLAlchemy's row processing doubled the server's cost per
+    leaf. Columns keep the driver's types (SQLite booleans are 0 and 1)."""
+    sql, names, constants = _compiled(query, conn.dialect)
+    values = {**constants, **values}
     result = await conn.exec_driver_sql(sql, tuple(values[n] for n in names))
-    rows: Sequence[Any] = result.all()
+    return result.all()
+
+
+async def _read(
+    conn: AsyncConnection, query: Any, position: int, end: int, limit: int
+) -> list[tuple[int, bytes]]:
+    rows = await driver_rows(conn, query, position=position, end=end, limit=limit)
     return [(int(row[0]), bytes(row[1])) for row in rows]
+
+
+async def read_page(
+    conn: AsyncConnection, position: int, limit: int, end: int | None = None
+) -> Sequence[tuple[int, bytes]]:
+    """Up to ``limit`` visible version leaves in ``[position, end)``, in log order.
+
+    The hot read of every pull. ``end`` (default: none) pins the feed to a tree
+    size, as an auditor comparing it with one checkpoint does.
+    """
+    return await _read(conn, _PAGE, position, NO_END if end is None else end, limit)
+
+
+async def read_leaves(
+    conn: AsyncConnection, position: int, end: int, limit: int
+) -> list[tuple[int, bytes]]:
+    """Up to ``limit`` leaves (of any kind) in ``[position, end)``, in log order."""
+    return await _read(conn, _LEAVES, position, end, limit)
 
 
 async def log_size(conn: AsyncConnection) -> int:

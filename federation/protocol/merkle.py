@@ -32,7 +32,7 @@ costs O(log n) calls).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 __all__ = [
     "EMPTY_ROOT",
@@ -386,6 +386,25 @@ class CompactRange:
         self._peaks.append(value)
         self._size = index + 1
         return completed
+
+    def extend(self, leaf_hashes: Iterable[bytes]) -> None:
+        """Append each leaf hash in turn, as :meth:`append` does, reporting nothing
+        (an auditor recomputing a root appends a million: no lists to build)."""
+        peaks, size, sha256 = self._peaks, self._size, hashlib.sha256
+        try:
+            for value in leaf_hashes:
+                if len(value) != HASH_SIZE:
+                    raise MerkleError(
+                        f"wrong hash length: leaf hash has {len(value)} bytes, not {HASH_SIZE}"
+                    )
+                index = size
+                while index & 1:
+                    value = sha256(_NODE_PREFIX + peaks.pop() + value).digest()
+                    index >>= 1
+                peaks.append(value)
+                size += 1
+        finally:
+            self._size = size
 
     def root(self) -> bytes:
         """Return the root hash of the log at its current size."""

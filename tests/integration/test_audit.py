@@ -206,3 +206,52 @@ async def test_large_batches_and_a_long_feed_audit_clean(fed: Federation) -> Non
     report = await run_audit(fed)
     assert report.violations == []
     assert report.feed_items_compared == 5_000
+
+
+async def test_a_cache_of_another_format_or_a_longer_log_starts_again(
+    fed: Federation, tmp_path: Any
+) -> None:
+    await busy_federation(fed)
+    cache = tmp_path / "leaves.ndjson"
+    cache.write_bytes(b'{"index":0,"leaf":"e30="}\n')  # an earlier format
+    first = await run_audit(fed, cache=cache)
+    assert first.violations == [] and first.leaves == first.size
+    lines = cache.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 1 + first.size  # a header, then a leaf a line
+    cache.write_bytes(b"".join(lines) + lines[-1])  # a leaf more than the log holds
+    second = await run_audit(fed, cache=cache)
+    assert second.violations == [] and second.leaves == first.size
+    assert len(cache.read_bytes().splitlines()) == 1 + first.size
+
+
+async def test_a_feed_hiding_or_inventing_versions_is_caught(fed: Federation) -> None:
+    await busy_federation(fed)
+    async with fed.db.writing() as conn:
+        rows = (
+            await conn.execute(
+                select(log.c.idx, log.c.visible).where(log.c.kind == LEAF_VERSION)
+                .order_by(log.c.idx)
+            )
+        ).all()  # fmt: skip
+        shown = next(int(r.idx) for r in rows if r.visible)
+        hidden = next(int(r.idx) for r in rows if not r.visible)
+        await conn.execute(update(log).where(log.c.idx == shown).values(visible=False))
+        await conn.execute(update(log).where(log.c.idx == hidden).values(visible=True))
+    report = await run_audit(fed)
+    feed = {(v.index, v.detail) for v in report.violations if v.check == "feed"}
+    assert feed == {
+        (shown, "a visible version is missing from the feed"),
+        (hidden, "the feed serves a version consumers should not see"),
+    }
+    assert (None, "root") not in checks_at(report)  # the log itself is intact
+
+
+async def test_a_version_with_an_out_of_range_time_is_caught(fed: Federation) -> None:
+    await busy_federation(fed)
+    idx, leaf = await _leaf(fed, LEAF_VERSION, 2)
+    at = leaf.index(b'"time":') + len(b'"time":')
+    end = leaf.index(b",", at)
+    await _set_leaf(fed, idx, leaf[:at] + b"1" + b"0" * 30 + leaf[end:])
+    report = await run_audit(fed)
+    assert (idx, "leaf") in checks_at(report)
+    assert (None, "root") in checks_at(report)

@@ -309,6 +309,20 @@ def test_compact_range_root_matches_root_hash_at_every_size() -> None:
             compact.append(LEAVES[size])
 
 
+def test_compact_range_extend_is_append_in_turn() -> None:
+    for start in range(0, MAX_SIZE + 1, 7):
+        for end in range(start, MAX_SIZE + 1, 5):
+            compact = CompactRange()
+            compact.extend(LEAVES[:start])
+            compact.extend(LEAVES[start:end])
+            assert compact.size == end
+            assert compact.root() == ROOTS[end]
+    compact = CompactRange()
+    with pytest.raises(MerkleError, match="wrong hash length"):
+        compact.extend([LEAVES[0], b"short"])
+    assert compact.size == 1 and compact.root() == ROOTS[1]
+
+
 def test_compact_range_peaks_are_the_aligned_pieces() -> None:
     store = _store_answering(LEAVES, MAX_SIZE)
     compact = CompactRange()
