@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from federation.identities.cache import KeyCache
 from federation.intake import Intake
 from federation.settings import Settings
 from federation.store.db import Database
@@ -11,3 +12,4 @@ from federation.store.db import Database
 DB = web.AppKey("db", Database)
 INTAKE = web.AppKey("intake", Intake)
 SETTINGS = web.AppKey("settings", Settings)
+KEYS = web.AppKey("keys", KeyCache)
