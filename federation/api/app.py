@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from federation.api.context import DB, INTAKE, KEYS, SETTINGS
+from federation.api.context import DB, INTAKE, KEYS, SETTINGS, TILES
 from federation.api.errors import problem_middleware
 from federation.api.governance import GOVERNANCE_ROUTES
 from federation.api.match import MATCH_ROUTES
@@ -20,6 +20,7 @@ from federation.auth.nonces import NonceStore, nonce_store_for
 from federation.identities.cache import KeyCache
 from federation.intake import Intake
 from federation.log.checkpoints import CheckpointSigner
+from federation.log.tree import TileCache
 from federation.settings import Settings
 from federation.store.db import Database
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings, db: Database | None = None) -> web.Applicatio
     )
     app[SETTINGS] = settings
     app[KEYS] = keys
+    app[TILES] = TileCache()
     app[NONCES] = nonce_store
     app[DB] = database
     signer = CheckpointSigner.from_file(settings.origin, settings.log_key_path)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from federation.identities.cache import KeyCache
 from federation.intake import Intake
+from federation.log.tree import TileCache
 from federation.settings import Settings
 from federation.store.db import Database
 
@@ -13,3 +14,4 @@ DB = web.AppKey("db", Database)
 INTAKE = web.AppKey("intake", Intake)
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", KeyCache)
+TILES = web.AppKey("tiles", TileCache)
