@@ -104,11 +104,11 @@ def _tree_size(request: web.Request, current: int, name: str = "size") -> int:
 
 async def get_checkpoint(request: web.Request) -> web.Response:
     principal_of(request)
-    async with request.app[DB].reading() as conn:
-        if "size" in request.query:
-            note = await checkpoint_at(conn, int_query(request, "size", 0, minimum=0))
-        else:
-            note = await latest_checkpoint(conn)
+    point = request.app[DB].point
+    if "size" in request.query:
+        note = await checkpoint_at(point, int_query(request, "size", 0, minimum=0))
+    else:
+        note = await latest_checkpoint(point)
     response = web.Response(text=note, content_type="text/plain", charset="utf-8")
     response.headers["Hashfed-Log-Key"] = request.app[INTAKE].signer.verifier_key
     return response
