@@ -754,7 +754,8 @@ def show(
     print()
     header = (
         f"{'measurement':<50} {'n':>6} {'median ms':>9} {'p99 ms':>8} {'max ms':>8} "
-        f"{'req/s':>7} {'srv cpu ms':>10} {'other cpu s':>11} {'goal p99<5ms':>12}"
+        f"{'req/s':>7} {'srv cpu ms':>10} {'cli cpu ms':>10} {'other cpu s':>11} "
+        f"{'goal p99<5ms':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -764,17 +765,20 @@ def show(
         if r.name.startswith(("inclusion proof", "consistency proof")):
             goal = "ok" if s["p99_ms"] < GOAL_P99_MS else "MISS"
         cpu = f"{s['server_cpu_ms_per_req']:.2f}" if "server_cpu_ms_per_req" in s else ""
+        client = f"{s['client_cpu_ms_per_req']:.2f}" if "client_cpu_ms_per_req" in s else ""
         other = f"{s['other_cpu_s']:.1f}" if "other_cpu_s" in s else ""
         print(
             f"{r.name:<50} {s['n']:>6,} {s['median_ms']:>9.3f} {s['p99_ms']:>8.3f} "
-            f"{s['max_ms']:>8.2f} {s['per_s']:>7,.0f} {cpu:>10} {other:>11} {goal:>12}"
+            f"{s['max_ms']:>8.2f} {s['per_s']:>7,.0f} {cpu:>10} {client:>10} {other:>11} "
+            f"{goal:>12}"
         )
     print(
         "\nThrough the client: wall time of a signed request as the caller sees it (signing, "
-        "HTTP, the server's\nauthentication and nonce write, the proof, JSON). srv cpu ms: the "
-        "server process's CPU per request.\nIn process: the same proofs on this process's own "
-        "connections, without HTTP or authentication.\nother cpu s: CPU the rest of the "
-        "machine used meanwhile (other users of this shared machine: large means noisy figures)."
+        "HTTP, the server's\nauthentication, the proof, JSON). srv cpu ms / cli cpu ms: the "
+        "server's / this process's CPU\nper request. In process: the same proofs on this "
+        "process's own connections, without HTTP or\nauthentication. other cpu s: CPU the "
+        "rest of the machine used meanwhile (other users of this\nshared machine: large means "
+        "noisy figures)."
     )
 
 
