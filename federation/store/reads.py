@@ -32,6 +32,8 @@ from sqlalchemy import Select, make_url
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
 
 # The SQLite connection's own page cache; the file is also memory-mapped, so
 # pages are shared with the engine's connections through the OS.
@@ -43,9 +45,12 @@ POINT_POOL_OVERFLOW = 8
 
 
 @functools.cache
-def _compiled(query: Select[Any], dialect: Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+def _compiled(
+    query: ClauseElement, dialect: Dialect
+) -> tuple[str, tuple[str, ...], dict[str, Any]]:
     """SQL text, parameter order and the query's own literal values."""
     compiled = query.compile(dialect=dialect)
+    assert isinstance(compiled, SQLCompiler)
     return str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params)
 
 
@@ -68,6 +73,9 @@ class PointReads:
                 pool_size=POINT_POOL_SIZE,
                 max_overflow=POINT_POOL_OVERFLOW,
                 pool_pre_ping=False,
+                # The only writes made here are replay-protection nonces (see
+                # :meth:`write`): they need not wait for the WAL flush.
+                connect_args={"server_settings": {"synchronous_commit": "off"}},
             )
         self.on_loop = 0  # reads served on the event loop (SQLite)
         self.via_engine = 0
@@ -107,6 +115,22 @@ class PointReads:
             if not exc.connection_invalidated:
                 raise
             return await self._read(self._autocommit, sql, values)
+
+    async def write(self, statement: ClauseElement, **params: Any) -> list[tuple[Any, ...]]:
+        """One statement that commits by itself, without waiting for the WAL flush.
+
+        PostgreSQL only. For the replay-protection nonce: a crash of the
+        database server can lose the last fraction of a second of nonces,
+        which could let a request captured in that instant be replayed
+        within its 5-minute window; every write is an idempotent signed
+        statement anyway.
+        """
+        if self._autocommit is None:
+            raise RuntimeError("autocommit writes are for PostgreSQL")
+        sql, names, constants = _compiled(statement, self._autocommit.dialect)
+        values = tuple(params[n] if n in params else constants[n] for n in names)
+        # Not retried: the first attempt may have committed before the connection dropped.
+        return await self._read(self._autocommit, sql, values)
 
     @staticmethod
     async def _read(
