@@ -39,9 +39,11 @@ from sqlalchemy.sql.expression import ClauseElement
 # pages are shared with the engine's connections through the OS.
 POINT_CACHE_KIB = 16 * 1024
 POINT_MMAP_BYTES = 1024 * 1024 * 1024
-# PostgreSQL: point-read connections per process, on top of the engine's.
-POINT_POOL_SIZE = 4
-POINT_POOL_OVERFLOW = 8
+# PostgreSQL: point-read connections per process, on top of the engine's. Kept
+# open up to POINT_POOL_SIZE: an overflow connection is closed when returned,
+# and opening one per request (a backend fork) cost more than the read.
+POINT_POOL_SIZE = 8
+POINT_POOL_OVERFLOW = 4
 
 
 @functools.cache
