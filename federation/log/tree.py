@@ -17,11 +17,12 @@ The hashing rules and proof algorithms are the pure functions of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import Select, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from federation.protocol.merkle import (
@@ -294,16 +295,32 @@ TILE = select(tiles.c.hashes).where(
 )
 
 
+@functools.cache
+def _tiles_query(count: int) -> Select[tuple[int, int, bytes]]:
+    """The tiles at ``count`` (level, idx) pairs bound as l0, i0, l1, i1, …"""
+    return select(tiles.c.level, tiles.c.idx, tiles.c.hashes).where(
+        or_(
+            *(
+                and_(tiles.c.level == bindparam(f"l{n}"), tiles.c.idx == bindparam(f"i{n}"))
+                for n in range(count)
+            )
+        )
+    )
+
+
 def point_fetch(point: PointReads) -> TileFetch:
-    """Fetch tiles by point reads (with the cache, a proof usually misses one tile)."""
+    """Fetch tiles in one point read (with the cache, a proof usually misses one tile)."""
 
     async def fetch(keys: Sequence[TileKey]) -> dict[TileKey, bytes]:
-        found: dict[TileKey, bytes] = {}
-        for level, idx in keys:
+        if len(keys) == 1:
+            ((level, idx),) = keys
             row = await point.first(TILE, level=level, idx=idx)
-            if row is not None:
-                found[(level, idx)] = bytes(row[0])
-        return found
+            return {} if row is None else {(level, idx): bytes(row[0])}
+        params = {}
+        for n, (level, idx) in enumerate(keys):
+            params[f"l{n}"], params[f"i{n}"] = level, idx
+        rows = await point.all(_tiles_query(len(keys)), **params)
+        return {(int(level), int(idx)): bytes(data) for level, idx, data in rows}
 
     return fetch
 
