@@ -24,10 +24,12 @@ thousand signed requests per endpoint through :class:`FederationClient`:
 inclusion proof is verified against the signed checkpoint's root with the
 leaf hash recomputed from the generator, and every consistency proof from a
 size whose root is known is verified against both signed checkpoints.
-Finally the same proofs are timed in this process without HTTP (the
-handler's database work, the proof on an open connection, the pure
+Finally the same proofs are timed in this process without HTTP (as the
+handlers serve them: point reads of the tiles missing from a warm tile
+cache; the uncached MerkleTree proof on an open connection; the pure
 computation on cached tiles), to separate HTTP, authentication and
-signatures from the cost of the proof itself.
+signatures from the cost of the proof itself. ``GET /healthz`` (unsigned)
+gives the HTTP floor, ``GET /v1/me`` the authentication floor.
 
     .venv/bin/python bench/proofs.py [--leaves 10000000] [--postgres [URL]] [--reuse DIR]
 """
