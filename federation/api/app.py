@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from federation.api.context import DB, INTAKE, SETTINGS
+from federation.api.context import DB, INTAKE, KEYS, SETTINGS, TILES
 from federation.api.errors import problem_middleware
 from federation.api.governance import GOVERNANCE_ROUTES
 from federation.api.match import MATCH_ROUTES
@@ -17,8 +17,10 @@ from federation.api.proofs import PROOF_ROUTES
 from federation.api.routes import ROUTES
 from federation.auth.middleware import auth_middleware
 from federation.auth.nonces import NonceStore, nonce_store_for
+from federation.identities.cache import KeyCache
 from federation.intake import Intake
 from federation.log.checkpoints import CheckpointSigner
+from federation.log.tree import TileCache
 from federation.settings import Settings
 from federation.store.db import Database
 
@@ -32,14 +34,17 @@ def create_app(settings: Settings, db: Database | None = None) -> web.Applicatio
     """The federation's application; ``db`` is created from settings when not given."""
     database = db or Database(settings.resolved_database_url)
     nonce_store = nonce_store_for(database)
+    keys = KeyCache()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
             problem_middleware,
-            auth_middleware(database, nonce_store, settings.replay_window_s),
+            auth_middleware(database, nonce_store, settings.replay_window_s, keys),
         ],
     )
     app[SETTINGS] = settings
+    app[KEYS] = keys
+    app[TILES] = TileCache()
     app[NONCES] = nonce_store
     app[DB] = database
     signer = CheckpointSigner.from_file(settings.origin, settings.log_key_path)

@@ -8,16 +8,15 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
-from federation.api.context import DB, INTAKE
+from federation.api.context import DB, INTAKE, TILES
 from federation.api.routes import READERS, Route, int_query, json_response
 from federation.api.streaming import NDJSON, NdjsonStream
-from federation.auth.middleware import principal_of
+from federation.auth.middleware import log_size_of, principal_of
 from federation.log.checkpoints import checkpoint_at, latest_checkpoint
-from federation.log.feed import STREAM_CHUNK, log_size, read_leaves
-from federation.log.tree import MerkleTree
-from federation.protocol.merkle import leaf_hash
+from federation.log.feed import HEAD, STREAM_CHUNK, log_size, read_leaves
+from federation.log.tree import ProofTiles, point_fetch
 from federation.protocol.problems import HashfedError, Problem
 from federation.protocol.statements import Role
 from federation.store.db import Database
@@ -87,6 +86,23 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+STATEMENT_LEAF = select(statements.c.leaf_idx).where(statements.c.id == bindparam("sid"))
+
+
+async def _latest_size(request: web.Request, db: Database) -> int:
+    """The log size read when the request was authenticated (read now if it was not)."""
+    size = log_size_of(request)
+    if size is None:
+        head = await db.point.first(HEAD)
+        assert head is not None
+        size = int(head[0])
+    return size
+
+
+def _proof_tiles(request: web.Request, db: Database) -> ProofTiles:
+    return ProofTiles(point_fetch(db.point), request.app[TILES])
+
+
 def _tree_size(request: web.Request, current: int, name: str = "size") -> int:
     size = int_query(request, name, current, minimum=0)
     if size > current:
@@ -96,11 +112,11 @@ def _tree_size(request: web.Request, current: int, name: str = "size") -> int:
 
 async def get_checkpoint(request: web.Request) -> web.Response:
     principal_of(request)
-    async with request.app[DB].reading() as conn:
-        if "size" in request.query:
-            note = await checkpoint_at(conn, int_query(request, "size", 0, minimum=0))
-        else:
-            note = await latest_checkpoint(conn)
+    point = request.app[DB].point
+    if "size" in request.query:
+        note = await checkpoint_at(point, int_query(request, "size", 0, minimum=0))
+    else:
+        note = await latest_checkpoint(point)
     response = web.Response(text=note, content_type="text/plain", charset="utf-8")
     response.headers["Hashfed-Log-Key"] = request.app[INTAKE].signer.verifier_key
     return response
@@ -108,29 +124,26 @@ async def get_checkpoint(request: web.Request) -> web.Response:
 
 async def get_inclusion_proof(request: web.Request) -> web.Response:
     principal_of(request).require(*PROOF_READERS)
-    async with request.app[DB].reading() as conn:
-        size = _tree_size(request, await log_size(conn))
-        sid = request.query.get("statement")
-        if sid is not None:
-            row = (
-                await conn.execute(select(statements.c.leaf_idx).where(statements.c.id == sid))
-            ).first()
-            if row is None:
-                raise HashfedError(Problem.NOT_FOUND, f"no statement {sid} in the log")
-            index = int(row.leaf_idx)
-        else:
-            if "index" not in request.query:
-                raise HashfedError(Problem.MALFORMED_REQUEST, "give 'index' or 'statement'")
-            index = int_query(request, "index", 0, minimum=0)
-        if not 0 <= index < size:
-            raise HashfedError(Problem.NOT_FOUND, f"leaf {index} is not in the tree of size {size}")
-        leaf = (await conn.execute(select(log.c.leaf).where(log.c.idx == index))).scalar_one()
-        proof = await MerkleTree(conn).inclusion_proof(index, size)
+    db = request.app[DB]
+    size = _tree_size(request, await _latest_size(request, db))
+    sid = request.query.get("statement")
+    if sid is not None:
+        row = await db.point.first(STATEMENT_LEAF, sid=sid)
+        if row is None:
+            raise HashfedError(Problem.NOT_FOUND, f"no statement {sid} in the log")
+        index = int(row[0])
+    else:
+        if "index" not in request.query:
+            raise HashfedError(Problem.MALFORMED_REQUEST, "give 'index' or 'statement'")
+        index = int_query(request, "index", 0, minimum=0)
+    if not 0 <= index < size:
+        raise HashfedError(Problem.NOT_FOUND, f"leaf {index} is not in the tree of size {size}")
+    leaf_hash, proof = await _proof_tiles(request, db).inclusion_proof(index, size)
     return json_response(
         {
             "index": index,
             "size": size,
-            "leaf_hash": _b64(leaf_hash(bytes(leaf))),
+            "leaf_hash": _b64(leaf_hash),
             "hashes": [_b64(h) for h in proof],
         }
     )
@@ -138,14 +151,14 @@ async def get_inclusion_proof(request: web.Request) -> web.Response:
 
 async def get_consistency_proof(request: web.Request) -> web.Response:
     principal_of(request).require(*PROOF_READERS)
-    async with request.app[DB].reading() as conn:
-        size = _tree_size(request, await log_size(conn))
-        old = _tree_size(request, size, "old_size")
-        if "old_size" not in request.query or old == 0:
-            raise HashfedError(
-                Problem.MALFORMED_REQUEST, "'old_size' must be a positive tree size you hold"
-            )
-        proof = await MerkleTree(conn).consistency_proof(old, size) if old < size else []
+    db = request.app[DB]
+    size = _tree_size(request, await _latest_size(request, db))
+    old = _tree_size(request, size, "old_size")
+    if "old_size" not in request.query or old == 0:
+        raise HashfedError(
+            Problem.MALFORMED_REQUEST, "'old_size' must be a positive tree size you hold"
+        )
+    proof = await _proof_tiles(request, db).consistency_proof(old, size) if old < size else []
     return json_response({"old_size": old, "size": size, "hashes": [_b64(h) for h in proof]})
 
 

@@ -15,7 +15,7 @@ import federation
 from federation.api import models as m
 from federation.api.context import DB, INTAKE, SETTINGS
 from federation.api.streaming import NDJSON, NdjsonStream
-from federation.auth.middleware import principal_of
+from federation.auth.middleware import log_size_of, principal_of
 from federation.identities.service import Principal, list_orgs
 from federation.intake import Outcome
 from federation.log.feed import (
@@ -130,8 +130,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    async with request.app[DB].reading() as conn:
-        size = await log_size(conn)
+    size = log_size_of(request)
+    if size is None:
+        async with request.app[DB].reading() as conn:
+            size = await log_size(conn)
     return json_response(
         {
             "org": principal.org_id,

@@ -14,7 +14,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from federation.auth.nonces import NonceStore
-from federation.identities.service import Principal, check_key_usable, load_key
+from federation.identities.cache import KeyCache
+from federation.identities.service import KEY, Principal, check_key_usable, key_info
+from federation.log.feed import HEAD
 from federation.protocol.httpsig import (
     RequestParts,
     check_coverage,
@@ -28,6 +30,8 @@ from federation.store.db import Database
 PUBLIC_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
 MAX_NONCE_CHARS = 128
 PRINCIPAL = web.RequestKey("principal", Principal)
+# The log's size read with the identities counter; handlers may use it as "latest".
+LOG_SIZE = web.RequestKey("log_size", int)
 
 
 def request_parts(request: web.Request) -> RequestParts:
@@ -43,7 +47,7 @@ def request_parts(request: web.Request) -> RequestParts:
 
 
 async def authenticate(
-    request: web.Request, db: Database, seen: NonceStore, window_s: int
+    request: web.Request, db: Database, seen: NonceStore, window_s: int, keys: KeyCache
 ) -> Principal:
     """Verify the request's signature; returns who signed it or raises ``HashfedError``."""
     params, signature = parse_signature_headers(
@@ -63,8 +67,17 @@ async def authenticate(
         raise HashfedError(Problem.SIGNATURE_EXPIRED, "signature has expired")
     if len(params.nonce) > MAX_NONCE_CHARS:
         raise HashfedError(Problem.SIGNATURE_MALFORMED, f"nonce longer than {MAX_NONCE_CHARS}")
-    async with db.reading() as conn:
-        info = check_key_usable(await load_key(conn, params.keyid), params.keyid)
+    # One point read: the log head. The key comes from the cache unless an
+    # organisation or key changed since it was cached (federation/identities/cache.py).
+    head = await db.point.first(HEAD)
+    assert head is not None
+    size, identities = int(head[0]), int(head[1])
+    info = keys.get(identities, params.keyid)
+    if info is None:
+        info = key_info(await db.point.first(KEY, kid=params.keyid))
+        if info is not None:
+            keys.put(identities, info)
+    info = check_key_usable(info, params.keyid)
     verify_request(request_parts(request), params, signature, info.public_key)
     if body or "content-digest" in params.components:
         verify_content_digest(request.headers.get("Content-Digest"), body)
@@ -72,17 +85,27 @@ async def authenticate(
         raise HashfedError(
             Problem.NONCE_REPLAYED, "this request was already received (nonce reused)"
         )
+    request[LOG_SIZE] = size
     return Principal(org_id=info.org_id, key_id=info.key_id, roles=info.roles)
 
 
-def auth_middleware(db: Database, seen: NonceStore, window_s: int) -> Middleware:
+def auth_middleware(
+    db: Database, seen: NonceStore, window_s: int, keys: KeyCache | None = None
+) -> Middleware:
+    cache = KeyCache() if keys is None else keys
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in PUBLIC_PATHS:
-            request[PRINCIPAL] = await authenticate(request, db, seen, window_s)
+            request[PRINCIPAL] = await authenticate(request, db, seen, window_s, cache)
         return await handler(request)
 
     return middleware
+
+
+def log_size_of(request: web.Request) -> int | None:
+    """The log size read while authenticating this request (None if it was not)."""
+    return request.get(LOG_SIZE)
 
 
 def principal_of(request: web.Request) -> Principal:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from federation.identities.model import (
@@ -27,7 +28,7 @@ from federation.protocol.statements import (
     SignedStatement,
     StatementType,
 )
-from federation.store.schema import keys, orgs
+from federation.store.schema import keys, log_head, orgs
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,31 +65,37 @@ def parse_roles(text: str) -> frozenset[str]:
     return frozenset(r for r in text.split(",") if r)
 
 
-async def load_key(conn: AsyncConnection, kid: str) -> KeyInfo | None:
-    row = (
-        await conn.execute(
-            select(
-                keys.c.id,
-                keys.c.org_id,
-                keys.c.public_key,
-                keys.c.status,
-                orgs.c.status.label("org_status"),
-                orgs.c.roles,
-            )
-            .join(orgs, orgs.c.id == keys.c.org_id)
-            .where(keys.c.id == kid)
-        )
-    ).first()
+KEY = (
+    select(
+        keys.c.id,
+        keys.c.org_id,
+        keys.c.public_key,
+        keys.c.status,
+        orgs.c.status.label("org_status"),
+        orgs.c.roles,
+    )
+    .join(orgs, orgs.c.id == keys.c.org_id)
+    .where(keys.c.id == bindparam("kid"))
+)
+
+
+def key_info(row: Sequence[Any] | None) -> KeyInfo | None:
+    """A :data:`KEY` row as a :class:`KeyInfo`."""
     if row is None:
         return None
+    kid, org_id, public_key, status, org_status, roles = row
     return KeyInfo(
-        key_id=row.id,
-        org_id=row.org_id,
-        public_key=Ed25519PublicKey.from_public_bytes(row.public_key),
-        status=row.status,
-        org_status=row.org_status,
-        roles=parse_roles(row.roles),
+        key_id=kid,
+        org_id=org_id,
+        public_key=Ed25519PublicKey.from_public_bytes(bytes(public_key)),
+        status=status,
+        org_status=org_status,
+        roles=parse_roles(roles),
     )
+
+
+async def load_key(conn: AsyncConnection, kid: str) -> KeyInfo | None:
+    return key_info((await conn.execute(KEY, {"kid": kid})).first())
 
 
 def check_key_usable(info: KeyInfo | None, kid: str) -> KeyInfo:
@@ -162,6 +169,12 @@ async def apply_governance(
             await conn.execute(update(keys).where(keys.c.id == key.id).values(**values))
         else:
             await conn.execute(insert(keys).values(id=key.id, **values))
+    if model.written_orgs or model.written_keys:
+        # Cached key lookups (federation/identities/cache.py) die with this
+        # commit, in every worker: requests read the counter with the log size.
+        await conn.execute(
+            update(log_head).where(log_head.c.id == 1).values(identities=log_head.c.identities + 1)
+        )
     return result
 
 

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from federation.protocol.keys import load_private_key
 from federation.protocol.note import Checkpoint, format_checkpoint, format_verifier_key, sign_note
 from federation.protocol.problems import HashfedError, Problem
+from federation.store.reads import PointReads
 from federation.store.schema import checkpoints
 
 
@@ -55,17 +56,19 @@ async def record_checkpoint(
     return note
 
 
-async def latest_checkpoint(conn: AsyncConnection) -> str:
-    row = (
-        await conn.execute(select(checkpoints.c.note).order_by(checkpoints.c.size.desc()).limit(1))
-    ).first()
+LATEST = select(checkpoints.c.note).order_by(checkpoints.c.size.desc()).limit(1)
+AT_SIZE = select(checkpoints.c.note).where(checkpoints.c.size == bindparam("size"))
+
+
+async def latest_checkpoint(point: PointReads) -> str:
+    row = await point.first(LATEST)
     if row is None:
         raise HashfedError(Problem.NOT_FOUND, "the log has no checkpoint yet")
-    return str(row.note)
+    return str(row[0])
 
 
-async def checkpoint_at(conn: AsyncConnection, size: int) -> str:
-    row = (await conn.execute(select(checkpoints.c.note).where(checkpoints.c.size == size))).first()
+async def checkpoint_at(point: PointReads, size: int) -> str:
+    row = await point.first(AT_SIZE, size=size)
     if row is None:
         raise HashfedError(Problem.NOT_FOUND, f"no checkpoint was signed at size {size}")
-    return str(row.note)
+    return str(row[0])

@@ -17,9 +17,12 @@ The hashing rules and proof algorithms are the pure functions of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import functools
+import hashlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import Select, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from federation.protocol.merkle import (
@@ -32,6 +35,7 @@ from federation.protocol.merkle import (
     leaf_hash,
     root_hash,
 )
+from federation.store.reads import PointReads
 from federation.store.schema import tiles
 
 TILE_HEIGHT = 8
@@ -191,3 +195,185 @@ class MerkleTree:
         """Proof that the tree of ``size1`` leaves is a prefix of the tree of ``size2``."""
         await self._load(_needed_tiles(lambda h: consistency_proof(size1, size2, h)))
         return consistency_proof(size1, size2, subtree_hash_from(self._tile))
+
+
+# ---------------------------------------------------------------- serving proofs
+
+# How many tiles a process keeps. Upper tiles (level >= 1) cover 65,536
+# leaves each: 4,096 of them serve a 268M-leaf log, at 16 KiB each (entries
+# and inner nodes). Level-0 tiles are the leaves' own: only the recent ones
+# (and the right edge, which every proof reads) come back often.
+MAX_UPPER_TILES = 4_096
+MAX_LEAF_TILES = 1_024
+
+TileFetch = Callable[[Sequence[TileKey]], Awaitable[Mapping[TileKey, bytes]]]
+
+
+class TileTree:
+    """One tile's entries and every complete aligned node above them, inside the tile.
+
+    ``levels[r]`` holds the hashes of the aligned runs of ``2**r`` entries, so
+    any subtree hash a proof asks of this tile is a slice, not a re-hash.
+    A partial tile gets the nodes its entries complete; they never change,
+    since tiles only grow.
+    """
+
+    __slots__ = ("count", "levels")
+
+    def __init__(self, entries: bytes) -> None:
+        self.count = len(entries) // HASH_SIZE
+        levels = [entries[: self.count * HASH_SIZE]]
+        sha256, width = hashlib.sha256, 2 * HASH_SIZE
+        while len(levels[-1]) >= width:
+            below = levels[-1]
+            pairs = range(0, len(below) // width * width, width)
+            levels.append(
+                b"".join([sha256(b"\x01" + below[i : i + width]).digest() for i in pairs])
+            )
+        self.levels = levels
+
+    def node(self, offset: int, count: int) -> bytes:
+        """The hash of entries ``[offset, offset + count)``, an aligned power of two."""
+        height = count.bit_length() - 1
+        at = (offset >> height) * HASH_SIZE
+        value = self.levels[height][at : at + HASH_SIZE] if height < len(self.levels) else b""
+        if len(value) != HASH_SIZE:
+            raise LookupError(f"tile lacks entries {offset}..{offset + count - 1}")
+        return value
+
+
+class TileCache:
+    """Tiles read for proofs, kept per process (least recently used go first).
+
+    Safe without invalidation: tiles only grow (a tile's first k entries
+    never change once written), and a cached tile is used only when it holds
+    every entry a proof needs; a shorter copy of a growing tile is read again.
+    Only tiles read from committed data are cached, never those an append
+    transaction is writing.
+    """
+
+    def __init__(self, upper: int = MAX_UPPER_TILES, leaves: int = MAX_LEAF_TILES) -> None:
+        self._limits = (leaves, upper)
+        self._tiles: tuple[OrderedDict[TileKey, TileTree], ...] = (OrderedDict(), OrderedDict())
+
+    def get(self, key: TileKey, entries: int) -> TileTree | None:
+        """The cached tile if it holds at least ``entries`` entries."""
+        tiles = self._tiles[key[0] > 0]
+        tree = tiles.get(key)
+        if tree is None or tree.count < entries:
+            return None
+        tiles.move_to_end(key)
+        return tree
+
+    def put(self, key: TileKey, tree: TileTree) -> None:
+        upper = key[0] > 0
+        tiles = self._tiles[upper]
+        tiles[key] = tree
+        tiles.move_to_end(key)
+        while len(tiles) > self._limits[upper]:
+            tiles.popitem(last=False)
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self._tiles)
+
+
+def _needed_entries(run: Callable[[Callable[[int, int], bytes]], object]) -> dict[TileKey, int]:
+    """For each tile a proof computation reads, how many of its entries it needs."""
+    needed: dict[TileKey, int] = {}
+
+    def record(start: int, end: int) -> bytes:
+        key, offset, count = subtree_tile(start, end)
+        needed[key] = max(needed.get(key, 0), offset + count)
+        return b"\x00" * HASH_SIZE
+
+    run(record)
+    return needed
+
+
+TILE = select(tiles.c.hashes).where(
+    tiles.c.level == bindparam("level"), tiles.c.idx == bindparam("idx")
+)
+
+
+@functools.cache
+def _tiles_query(count: int) -> Select[tuple[int, int, bytes]]:
+    """The tiles at ``count`` (level, idx) pairs bound as l0, i0, l1, i1, …"""
+    return select(tiles.c.level, tiles.c.idx, tiles.c.hashes).where(
+        or_(
+            *(
+                and_(tiles.c.level == bindparam(f"l{n}"), tiles.c.idx == bindparam(f"i{n}"))
+                for n in range(count)
+            )
+        )
+    )
+
+
+def point_fetch(point: PointReads) -> TileFetch:
+    """Fetch tiles in one point read (with the cache, a proof usually misses one tile)."""
+
+    async def fetch(keys: Sequence[TileKey]) -> dict[TileKey, bytes]:
+        if len(keys) == 1:
+            ((level, idx),) = keys
+            row = await point.first(TILE, level=level, idx=idx)
+            return {} if row is None else {(level, idx): bytes(row[0])}
+        params = {}
+        for n, (level, idx) in enumerate(keys):
+            params[f"l{n}"], params[f"i{n}"] = level, idx
+        rows = await point.all(_tiles_query(len(keys)), **params)
+        return {(int(level), int(idx)): bytes(data) for level, idx, data in rows}
+
+    return fetch
+
+
+class ProofTiles:
+    """Proofs from cached tiles, reading only the missing ones (in one fetch)."""
+
+    def __init__(self, fetch: TileFetch, cache: TileCache) -> None:
+        self.fetch = fetch
+        self.cache = cache
+
+    async def _trees(self, needed: Mapping[TileKey, int]) -> dict[TileKey, TileTree]:
+        trees: dict[TileKey, TileTree] = {}
+        missing = []
+        for key, entries in needed.items():
+            tree = self.cache.get(key, entries)
+            if tree is None:
+                missing.append(key)
+            else:
+                trees[key] = tree
+        if missing:
+            fetched = await self.fetch(missing)
+            for key in missing:
+                tree = TileTree(fetched.get(key, b""))
+                if tree.count < needed[key]:
+                    raise LookupError(f"tile {key} lacks entries below {needed[key]}")
+                self.cache.put(key, tree)
+                trees[key] = tree
+        return trees
+
+    @staticmethod
+    def _subtree_hash(trees: Mapping[TileKey, TileTree]) -> Callable[[int, int], bytes]:
+        def subtree_hash(start: int, end: int) -> bytes:
+            key, offset, count = subtree_tile(start, end)
+            return trees[key].node(offset, count)
+
+        return subtree_hash
+
+    async def inclusion_proof(self, index: int, size: int) -> tuple[bytes, list[bytes]]:
+        """(leaf hash, audit path) of leaf ``index`` in the tree of ``size`` leaves.
+
+        The leaf hash comes from the leaf's level-0 tile, which the tree's
+        root is built from: a client checks it against the signed root.
+        """
+        needed = _needed_entries(lambda h: inclusion_proof(index, size, h))
+        own = (0, index // TILE_WIDTH)
+        needed[own] = max(needed.get(own, 0), index % TILE_WIDTH + 1)
+        trees = await self._trees(needed)
+        subtree_hash = self._subtree_hash(trees)
+        return subtree_hash(index, index + 1), inclusion_proof(index, size, subtree_hash)
+
+    async def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """Proof that the tree of ``size1`` leaves is a prefix of the tree of ``size2``."""
+        needed = _needed_entries(lambda h: consistency_proof(size1, size2, h))
+        trees = await self._trees(needed)
+        return consistency_proof(size1, size2, self._subtree_hash(trees))

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from federation.store.engine import create_engine, is_sqlite
+from federation.store.reads import PointReads
 from federation.store.schema import log_head
 
 # SQLite allows 32,766 bound parameters; stay far below for IN (…) lookups.
@@ -34,6 +35,8 @@ class Database:
         # In-process serialisation of appenders; across processes (PostgreSQL
         # workers) the row lock on log_head does the same job.
         self._append_lock = asyncio.Lock()
+        # Single-statement reads on the request path (authentication, proofs).
+        self.point = PointReads(url, self.engine)
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
@@ -68,4 +71,5 @@ class Database:
             yield conn, int(size)
 
     async def close(self) -> None:
+        await self.point.close()
         await self.engine.dispose()

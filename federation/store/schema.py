@@ -48,11 +48,15 @@ log = Table(
 
 # One row: the log's size. Appenders lock it (SELECT … FOR UPDATE) so that
 # sequence numbers are handed out in commit order across workers.
+# ``identities`` counts changes to organisations and keys (bumped in the same
+# transaction): every request reads it with the size, and key lookups cached
+# under another value are thrown away (federation/identities/cache.py).
 log_head = Table(
     "log_head",
     metadata,
     Column("id", SmallInteger, primary_key=True, autoincrement=False),
     Column("size", BigInteger, nullable=False),
+    Column("identities", BigInteger, nullable=False, server_default="0"),
 )
 
 orgs = Table(

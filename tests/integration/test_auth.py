@@ -16,11 +16,13 @@ from yarl import URL
 
 from clients.client import Identity
 from federation.api.app import create_app
+from federation.api.context import KEYS
 from federation.log.feed import log_size
 from federation.protocol.httpsig import RequestParts, content_digest, sign_request
 from federation.protocol.keys import generate_private_key
 from federation.protocol.problems import PROBLEM_CONTENT_TYPE, Problem
 from federation.settings import Settings
+from federation.store.db import Database
 from tests.conftest import Federation
 
 ITEM = {
@@ -265,3 +267,66 @@ async def test_oversized_body_is_refused(fed: Federation, member: Identity) -> N
 async def test_unknown_route_is_a_problem(fed: Federation, member: Identity) -> None:
     url = URL(fed.url + "/v1/nothing-here")
     _assert_problem(*await _send("GET", url, _signed(url, "GET", None, member)), Problem.NOT_FOUND)
+
+
+class _Worker:
+    """Another server process's share of the work: its own app, database handle and caches."""
+
+    def __init__(self, fed: Federation) -> None:
+        self.db = Database(fed.settings.database_url)
+        self.app = create_app(fed.settings, self.db)
+        self.server = TestServer(self.app, host="127.0.0.1")
+
+    async def __aenter__(self) -> _Worker:
+        await self.server.start_server()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.close()
+        await self.db.close()
+
+    def url(self, path: str) -> URL:
+        return URL(str(self.server.make_url(path)))
+
+
+async def _me(url: URL, identity: Identity) -> tuple[int, dict[str, Any], str]:
+    return await _send("GET", url, _signed(url, "GET", None, identity))
+
+
+@pytest.mark.parametrize("change", ["revoke", "retire", "suspend"])
+async def test_cached_keys_are_refused_on_the_next_request_in_every_worker(
+    fed: Federation, member: Identity, change: str
+) -> None:
+    """Two workers (separate apps and connections) cache the member's key, then another
+    worker (``fed``'s server) applies the change: both refuse the very next request."""
+    async with _Worker(fed) as one, _Worker(fed) as two:
+        for worker in (one, two):
+            for _ in range(2):
+                status, doc, _ = await _me(worker.url("/v1/me"), member)
+                assert status == 200 and doc["org"] == "acme"
+            cache = worker.app[KEYS]
+            assert cache.version is not None
+            info = cache.get(cache.version, member.key_id)
+            assert info is not None and info.status == "active"  # served from the cache
+        async with fed.client(fed.governance) as gov:
+            if change == "suspend":
+                await gov.set_org_status("acme", suspend=True, note="unpaid")
+            elif change == "retire":
+                await gov.add_key("acme", generate_private_key().public_key())
+                await gov.set_key_status("acme", member.key_id, revoke=False)
+            else:
+                await gov.set_key_status("acme", member.key_id, revoke=True, note="leaked")
+        expected = {
+            "suspend": Problem.ORG_SUSPENDED,
+            "retire": Problem.KEY_RETIRED,
+            "revoke": Problem.KEY_REVOKED,
+        }[change]
+        for worker in (one, two):
+            _assert_problem(*await _me(worker.url("/v1/me"), member), expected)
+            _assert_problem(*await _me(worker.url("/v1/log/checkpoint"), member), expected)
+        if change == "suspend":
+            async with fed.client(fed.governance) as gov:
+                await gov.set_org_status("acme", suspend=False)
+            for worker in (one, two):
+                status, _, _ = await _me(worker.url("/v1/me"), member)
+                assert status == 200

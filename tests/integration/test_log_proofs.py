@@ -95,3 +95,34 @@ async def test_proof_refusals(fed: Federation) -> None:
             await client.request("GET", "/v1/log/checkpoint", params={"size": 77})
         with pytest.raises(ForbiddenRole):
             await client.get_json("/v1/log/leaves")
+
+
+async def test_proofs_stay_right_while_the_log_grows(fed: Federation) -> None:
+    """The server caches tiles between requests; a tile that grew must be read again."""
+    member = await fed.admit("acme")
+    async with fed.client(fed.governance) as gov, fed.client(member) as client:
+        checkpoints: list[tuple[int, bytes]] = [await checkpoint(client, fed)]
+        for batch in range(5):
+            await client.submit(
+                [{"signal_type": "md5", "value": f"{batch:02x}{i:030x}", "labels": ["instruction"]}
+                 for i in range(37 + 60 * batch)]
+            )  # fmt: skip
+            size, root = await checkpoint(client, fed)
+            page = await gov.get_json("/v1/log/leaves", {"start": 0, "limit": size})
+            hashes = [leaf_hash(base64.b64decode(x["leaf"])) for x in page["leaves"]]
+            for index in sorted({0, size // 3, size - 2, size - 1}):
+                proof = await client.get_json("/v1/log/proof/inclusion", {"index": index})
+                assert proof["size"] == size
+                assert base64.b64decode(proof["leaf_hash"]) == hashes[index]
+                verify_inclusion(hashes[index], index, size, _b(proof["hashes"]), root)
+            for old_size, old_root in checkpoints:
+                proof = await client.get_json("/v1/log/proof/consistency", {"old_size": old_size})
+                verify_consistency(old_size, size, _b(proof["hashes"]), old_root, root)
+                # The proof against the older tree of that time is still served.
+                past = await client.get_json(
+                    "/v1/log/proof/inclusion", {"index": old_size - 1, "size": old_size}
+                )
+                verify_inclusion(
+                    hashes[old_size - 1], old_size - 1, old_size, _b(past["hashes"]), old_root
+                )
+            checkpoints.append((size, root))

@@ -34,3 +34,15 @@ async def test_a_full_store_makes_room_or_refuses() -> None:
     with pytest.raises(HashfedError) as info:
         await store.remember("k", "d", int(time.time()) + 600)
     assert info.value.problem is Problem.RATE_LIMITED
+
+
+async def test_expiry_follows_expiry_times_not_arrival() -> None:
+    store = MemoryNonces()
+    now = int(time.time())
+    await store.remember("k", "late", now + 600)
+    await store.remember("k", "early", now - 5)
+    await store.remember("k", "earlier", now - 10)
+    assert await store.expire() == 2
+    assert not await store.remember("k", "late", now + 600)  # still remembered
+    assert await store.remember("k", "early", now + 600)
+    assert await store.expire() == 0
