@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import platform
 import random
 import secrets
 import shutil
@@ -46,7 +45,15 @@ import asyncpg
 import orjson
 
 # Run as a script, this directory is on sys.path: the benches share bench/common.py.
-from common import code_state, file_tail, free_port, log
+from common import (
+    code_state,
+    file_tail,
+    free_port,
+    log,
+    machine_busy_cpu_s,
+    machine_info,
+    process_cpu_s,
+)
 from sqlalchemy.engine import make_url
 
 from clients.client import FederationClient, Identity
@@ -66,35 +73,12 @@ SERVER_START_TIMEOUT_S = 60.0
 SERVER_STOP_TIMEOUT_S = 10.0
 CLIENT_TIMEOUT_S = 3600.0  # one NDJSON stream of a million versions is a single request
 SIGN_SAMPLE_BATCHES = 10
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MEMBER_ORG = "bench-member"
 PROFILE_RATE_HZ = 200
 PROFILE_TOP = 25
 
 
 # The machine and processes
-
-
-def machine_info() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "memory_gib": round(mem_kib / 2**20, 1),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "loadavg_1m_at_end": os.getloadavg()[0],
-    }
 
 
 def code_fingerprint() -> str:
@@ -108,16 +92,6 @@ def code_fingerprint() -> str:
     return f"{digest.hexdigest()[:12]} ({root})"
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (and its reaped children: none here)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def runqueue_wait_s(pid: int) -> dict[int, float]:
     """Seconds each thread of ``pid`` spent runnable but waiting for a CPU, by thread id."""
     waits: dict[int, float] = {}
@@ -126,14 +100,6 @@ def runqueue_wait_s(pid: int) -> dict[int, float]:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 waits[int(task.name)] = int((task / "schedstat").read_text().split()[1]) / 1e9
     return waits
-
-
-def machine_busy_cpu_s() -> float:
-    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
-    first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    ticks = [int(x) for x in first[1:]]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    return (sum(ticks[:8]) - idle) / CLOCK_TICKS
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -877,7 +843,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     runs = [await bench_backend(b, items, args) for b in backends]
     return {
-        "machine": machine_info(),
+        "machine": {**machine_info(), "loadavg_1m_at_end": os.getloadavg()[0]},
         "server_code": code_fingerprint(),
         "code": code_state(),
         "client_signing": signing,
