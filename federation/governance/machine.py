@@ -98,7 +98,6 @@ class RecordState:
 
     def version_fields(self, cause: str, time: int) -> dict[str, Any]:
         """The record version as it goes into the log (and the feed)."""
-        opinions = self.opinion_counts()
         return {
             "record": self.id,
             "version": self.version,
@@ -106,9 +105,9 @@ class RecordState:
             "value": self.value,
             "state": self.state.value,
             "labels": self.labels,
-            "contributors": sorted(self.contributions),
-            "disputed": bool(self.open_disputes) or (bool(opinions) and opinion_flagged(opinions)),
-            "opinions": opinions,
+            "contributors": self.contributors,
+            "disputed": self.disputed,
+            "opinions": self.opinion_counts(),
             "cause": cause,
             "time": time,
         }
