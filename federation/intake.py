@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -37,6 +37,7 @@ from federation.protocol.statements import (
     open_envelope,
     verify_statement,
 )
+from federation.records.checking import ItemChecker
 from federation.records.ingest import apply_record_statement, prepare
 from federation.store.db import Database
 from federation.store.schema import statements
@@ -77,6 +78,8 @@ RECORD_TYPES = frozenset(
 class Intake:
     db: Database
     signer: CheckpointSigner
+    # Checks record statements' items; big ones in a helper process (see checking.py).
+    checker: ItemChecker = field(default_factory=lambda: ItemChecker(processes=0))
 
     async def _stored_result(self, conn: AsyncConnection, sid: str) -> dict[str, Any] | None:
         row = (
@@ -123,7 +126,7 @@ class Intake:
         verify_statement(statement, key.public_key)
         check_statement_time(statement)
         is_record = statement.type in RECORD_TYPES
-        prepared = prepare(statement, policy.taxonomy) if is_record else None
+        prepared = await self.checker.prepare(statement, policy.taxonomy) if is_record else None
 
         async with self.db.appending() as (conn, size):
             stored = await self._stored_result(conn, statement.id)

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
         "After init the policy in the log decides (change it with a policy.set statement).",
     )
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    check_processes: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="Helper processes (per worker) that check the items of big record "
+        "statements off the event loop; 0 checks them in the worker itself",
+    )
     replay_window_s: int = Field(300, ge=10, le=3600)
     shutdown_timeout_s: float = Field(30.0, ge=0)
     log_level: str = "INFO"

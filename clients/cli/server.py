@@ -82,6 +82,12 @@ def init(**flags: Any) -> None:
 @click.option("--host", help="HASHFED_HOST (127.0.0.1)")
 @click.option("--port", type=int, help="HASHFED_PORT (8080)")
 @click.option("--workers", type=int, help="Worker processes sharing the port (PostgreSQL only)")
+@click.option(
+    "--check-processes",
+    type=int,
+    help="HASHFED_CHECK_PROCESSES (1): helper processes per worker that check big "
+    "statements' items off the event loop; 0 checks them in the worker",
+)
 def run(**flags: Any) -> None:
     """Serve the federation's HTTP API until interrupted (SIGINT/SIGTERM drain in-flight work)."""
     from federation.serve import run_server

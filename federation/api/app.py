@@ -21,6 +21,7 @@ from federation.identities.cache import KeyCache
 from federation.intake import Intake
 from federation.log.checkpoints import CheckpointSigner
 from federation.log.tree import TileCache
+from federation.records.checking import ItemChecker
 from federation.settings import Settings
 from federation.store.db import Database
 
@@ -48,7 +49,9 @@ def create_app(settings: Settings, db: Database | None = None) -> web.Applicatio
     app[NONCES] = nonce_store
     app[DB] = database
     signer = CheckpointSigner.from_file(settings.origin, settings.log_key_path)
-    app[INTAKE] = Intake(database, signer)
+    checker = ItemChecker(settings.check_processes)
+    app[INTAKE] = Intake(database, signer, checker)
+    app.on_cleanup.append(_close_checker)
     for route in ALL_ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app.cleanup_ctx.append(_background)
@@ -72,6 +75,10 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _close_checker(app: web.Application) -> None:
+    await asyncio.to_thread(app[INTAKE].checker.close)
 
 
 async def _close_db(app: web.Application) -> None:

@@ -55,6 +55,12 @@ class LogBatch:
         self.rows.append((idx, LEAF_VERSION, canonical_json(fields), visible))
         return idx
 
+    def add_version_leaf(self, idx: int, leaf: bytes, *, visible: bool) -> None:
+        """Append a version leaf already encoded for index ``idx`` (the next one)."""
+        if idx != self.next_idx:
+            raise ValueError(f"version leaf for index {idx}, but the next index is {self.next_idx}")
+        self.rows.append((idx, LEAF_VERSION, leaf, visible))
+
     async def flush(self, conn: AsyncConnection, signer: CheckpointSigner) -> str | None:
         """Write the leaves, extend the Merkle tiles and sign the new checkpoint."""
         if not self.rows:

@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+import orjson
+from sqlalchemy import ColumnElement, String, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from federation.store.engine import create_engine, is_sqlite
@@ -23,6 +25,19 @@ T = TypeVar("T")
 def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def one_of(conn: AsyncConnection, column: ColumnElement[str], values: Sequence[str]) -> Any:
+    """``column IN values`` as one bound parameter, however many values there are.
+
+    SQLite gets the values as one JSON array read by ``json_each``, PostgreSQL
+    as one text array: a fixed statement, no per-value parameters to expand
+    and bind, and (on SQLite) one driver step that runs without the GIL.
+    """
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+    listed = func.json_each(bindparam(None, orjson.dumps(list(values)).decode(), type_=String))
+    return column.in_(select(listed.table_valued("value").c.value))
 
 
 class Database:

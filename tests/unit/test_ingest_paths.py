@@ -1,0 +1,249 @@
+"""The ingest path's shortcuts give exactly what the general code gives.
+
+- New records' version leaves come from a template; they must be the
+  canonical JSON of ``RecordState.version_fields`` byte for byte.
+- Big statements are checked in a helper process; the result, refusals
+  included, must equal the in-process check, and a dead helper must not lose
+  a statement.
+- Bulk inserts go in multi-row statements of a fixed size plus a remainder.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from federation.governance.policy import DEFAULT_POLICY, PolicyDocument, policy_from_document
+from federation.identities.service import Principal
+from federation.log.append import LogBatch
+from federation.protocol.keys import generate_private_key, key_id
+from federation.protocol.problems import HashfedError, Problem
+from federation.protocol.statements import SignedStatement, canonical_json, sign_statement
+from federation.records.checking import ItemChecker
+from federation.records.ingest import (
+    PREPARE_STEP_ITEMS,
+    Changes,
+    _dumps,
+    _gov_json,
+    _json_list,
+    apply_items,
+    prepare,
+    prepare_async,
+)
+from federation.store.bulk import SQLITE_ROWS_PER_INSERT, insert_rows
+
+KEY = generate_private_key()
+KID = key_id(KEY.public_key())
+LABELS = sorted(DEFAULT_POLICY.taxonomy.labels)
+NOW = 1_767_000_000
+
+
+def statement(items: list[dict[str, Any]], org: str = "acme", stype: str = "submissions") -> Any:
+    return sign_statement({"type": stype, "items": items}, KEY, key_id=KID, org=org)
+
+
+def md5(n: int) -> str:
+    return f"{n:032x}"
+
+
+url_paths = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=40
+)
+submission_items = st.lists(
+    st.one_of(
+        st.builds(
+            lambda n, labels: {"signal_type": "md5", "value": md5(n), "labels": labels},
+            st.integers(0, 50),
+            st.lists(st.sampled_from(LABELS), min_size=1, max_size=4),
+        ),
+        st.builds(
+            lambda path, labels, note: {
+                "signal_type": "url",
+                "value": "https://example.org/" + path,
+                "labels": labels,
+                **({"note": note} if note else {}),
+            },
+            url_paths,
+            st.lists(st.sampled_from(LABELS), min_size=1, max_size=2),
+            st.one_of(st.none(), st.text(max_size=20)),
+        ),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+def general_encoding(changes: Changes) -> tuple[list[bytes], list[tuple[Any, ...]]]:
+    """What the general path writes for the new records, index after the statement leaf."""
+    leaves, rows = [], []
+    cause = changes.statement.id
+    for offset, r in enumerate(changes.new, start=1):
+        fields = r.version_fields(cause, changes.now) | {"kind": "version", "index": offset}
+        leaves.append(canonical_json(fields))
+        rows.append(
+            (r.id, r.signal_type, r.value, r.state.value, _json_list(r.labels),
+             _json_list(r.contributors), r.version, r.published, offset, changes.now,
+             changes.now, _gov_json(r))
+        )  # fmt: skip
+    return leaves, rows
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(items=submission_items, auto_approve=st.booleans(), org=st.sampled_from(["acme", "b-2"]))
+def test_new_record_leaves_are_the_canonical_json_of_their_fields(
+    items: list[dict[str, Any]], auto_approve: bool, org: str
+) -> None:
+    policy = policy_from_document(1, PolicyDocument(auto_approve=auto_approve))
+    signed = statement(items, org)
+    who = Principal(org, KID, frozenset({"contributor"}))
+    changes = apply_items(signed, who, prepare(signed, policy.taxonomy), {}, {}, policy, NOW)
+    batch = LogBatch(start=0)
+    batch.add_statement(signed)
+    rows = changes._append_new(batch)
+    leaves, expected_rows = general_encoding(changes)
+    assert [row[2] for row in batch.rows[1:]] == leaves
+    assert rows == expected_rows
+    assert [row[3] for row in batch.rows[1:]] == [r.visible for r in changes.new]
+
+
+def test_a_record_outside_the_template_takes_the_general_path() -> None:
+    signed = statement([{"signal_type": "md5", "value": md5(1), "labels": ["recruitment"]}])
+    who = Principal("acme", KID, frozenset({"contributor"}))
+    changes = apply_items(signed, who, prepare(signed, DEFAULT_POLICY.taxonomy), {}, {},
+                          DEFAULT_POLICY, NOW)  # fmt: skip
+    changes.new[0].opinions["other"] = "false_positive"  # not a fresh record any more
+    batch = LogBatch(start=0)
+    batch.add_statement(signed)
+    rows = changes._append_new(batch)
+    leaves, expected_rows = general_encoding(changes)
+    assert batch.rows[1][2] == leaves[0] and rows == expected_rows
+    assert b'"opinions":{"false_positive":1}' in leaves[0]
+
+
+def test_dumps_is_canonical_for_strings_that_need_escaping() -> None:
+    for text in ['a"b', "back\\slash", "tab\tnew\nline", "\u2028", "é", "\x7f"]:
+        assert _dumps(text).encode() == canonical_json(text)
+
+
+# ------------------------------------------------------------ the helper process
+
+
+def mixed_items(n: int) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = [
+        {"signal_type": "md5", "value": md5(i).upper(), "labels": ["glorification", "incident"]}
+        for i in range(n)
+    ]
+    items[3] = {"signal_type": "md5", "value": "xyz", "labels": ["incident"]}  # bad value
+    items[5] = {"signal_type": "nope", "value": md5(5), "labels": ["incident"]}  # bad type
+    items[7] = {"signal_type": "md5", "value": md5(7), "labels": ["no_such_label"]}
+    items[9] = {"signal_type": "md5", "value": md5(1), "labels": ["incident"]}  # repeats item 1
+    items[11] = {"signal_type": "md5", "value": md5(11), "labels": ["incident"], "extra": 1}
+    items[13] = {"signal_type": "md5", "value": md5(13), "labels": ["incident"], "ref": "r" * 9}
+    return items
+
+
+@pytest.fixture
+def checker() -> Any:
+    c = ItemChecker(processes=1, min_items=10)
+    yield c
+    c.close()
+
+
+async def test_a_helper_process_checks_a_statement_as_the_server_itself_would(
+    checker: ItemChecker,
+) -> None:
+    signed = statement(mixed_items(1_500))
+    expected = prepare(signed, DEFAULT_POLICY.taxonomy)
+    got = await checker.prepare(signed, DEFAULT_POLICY.taxonomy)
+    assert checker._pool is not None  # it did go to the helper
+    assert got == expected
+    refused = {r["index"]: r["problem"]["type"] for r in got.results if r is not None}
+    assert sorted(refused) == [3, 5, 7, 9, 11]
+    assert refused[9] == Problem.DUPLICATE_ITEM.uri and refused[7] == Problem.UNKNOWN_LABEL.uri
+    assert len(got.items) == 1_500 - 5
+
+
+async def test_a_statement_refused_whole_in_the_helper_is_refused_with_its_problem(
+    checker: ItemChecker,
+) -> None:
+    items = [{"signal_type": "md5", "value": md5(i)} for i in range(20)]
+    signed = sign_statement(
+        {"type": "withdrawals", "items": items, "reason": "r" * 5_000}, KEY, key_id=KID, org="a"
+    )
+    with pytest.raises(HashfedError) as in_process:
+        prepare(signed, DEFAULT_POLICY.taxonomy)
+    with pytest.raises(HashfedError) as in_helper:
+        await checker.prepare(signed, DEFAULT_POLICY.taxonomy)
+    assert in_helper.value.problem is in_process.value.problem is Problem.STATEMENT_MALFORMED
+    assert in_helper.value.detail == in_process.value.detail
+
+
+async def test_a_dead_helper_loses_no_statement(checker: ItemChecker) -> None:
+    signed = statement(mixed_items(200))
+    first = await checker.prepare(signed, DEFAULT_POLICY.taxonomy)
+    assert checker._pool is not None
+    for pid in list(checker._pool._processes):  # the helper dies (e.g. the OOM killer)
+        os.kill(pid, signal.SIGKILL)
+    again = await checker.prepare(signed, DEFAULT_POLICY.taxonomy)
+    assert again == first  # checked in-process instead
+    third = await checker.prepare(signed, DEFAULT_POLICY.taxonomy)  # and a new helper after
+    assert third == first and checker._pool is not None
+
+
+async def test_small_statements_and_no_helpers_stay_in_process() -> None:
+    none = ItemChecker(processes=0)
+    signed = statement(mixed_items(3 * PREPARE_STEP_ITEMS + 7))
+    assert await none.prepare(signed, DEFAULT_POLICY.taxonomy) == prepare(
+        signed, DEFAULT_POLICY.taxonomy
+    )
+    assert none._pool is None
+    few = ItemChecker(processes=1, min_items=10_000)
+    assert await few.prepare(signed, DEFAULT_POLICY.taxonomy) == prepare(
+        signed, DEFAULT_POLICY.taxonomy
+    )
+    assert few._pool is None
+
+
+async def test_stepwise_checking_gives_the_same_result() -> None:
+    signed: SignedStatement = statement(mixed_items(2 * PREPARE_STEP_ITEMS + 1))
+    assert await prepare_async(signed, DEFAULT_POLICY.taxonomy) == prepare(
+        signed, DEFAULT_POLICY.taxonomy
+    )
+
+
+# ------------------------------------------------------------ multi-row inserts
+
+
+@pytest.mark.parametrize(
+    "count",
+    [0, 1, SQLITE_ROWS_PER_INSERT - 1, SQLITE_ROWS_PER_INSERT, 2 * SQLITE_ROWS_PER_INSERT + 345],
+)
+async def test_bulk_inserts_write_every_row_once_in_any_count(
+    database_url: str, count: int
+) -> None:
+    table = Table(
+        "bulk_probe",
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("name", String(40), nullable=False),
+        Column("blob", LargeBinary, nullable=False),
+    )
+    rows = [(i, f"name-{i}", bytes([i % 256]) * (i % 7)) for i in range(count)]
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(table.metadata.create_all)  # a probe table, not the schema
+            await conn.execute(select(1))
+            await insert_rows(conn, table, ("id", "name", "blob"), rows)
+        async with engine.connect() as conn:
+            stored = [tuple(r) for r in await conn.execute(select(table).order_by(table.c.id))]
+        assert stored == rows
+    finally:
+        await engine.dispose()
