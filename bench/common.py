@@ -115,6 +115,26 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def descendants(pid: int) -> list[int]:
+    """The live child processes of ``pid``, their children, and so on."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{parent}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    kids = [int(k) for k in (task / "children").read_text().split()]
+                    found.extend(kids)
+                    pending.extend(kids)
+    return found
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (a server's helper processes)."""
+    return process_cpu_s(pid) + sum(process_cpu_s(child) for child in descendants(pid))
+
+
 def machine_busy_cpu_s() -> float:
     """CPU seconds the whole machine spent busy (all cores)."""
     first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
@@ -150,7 +170,7 @@ class CpuMeter:
     def __enter__(self) -> CpuMeter:
         self.t0 = time.perf_counter()
         self.own0 = time.process_time()
-        self.server0 = process_cpu_s(self.server_pid)
+        self.server0 = process_tree_cpu_s(self.server_pid)
         self.children0 = children_cpu_s()
         self.machine0 = machine_busy_cpu_s()
         return self
@@ -158,7 +178,7 @@ class CpuMeter:
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.t0
         self.own_cpu_s = time.process_time() - self.own0
-        self.server_cpu_s = process_cpu_s(self.server_pid) - self.server0
+        self.server_cpu_s = process_tree_cpu_s(self.server_pid) - self.server0
         self.children_cpu_s = children_cpu_s() - self.children0
         busy = machine_busy_cpu_s() - self.machine0
         self.other_cpu_s = max(busy - self.own_cpu_s - self.server_cpu_s - self.children_cpu_s, 0.0)

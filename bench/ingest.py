@@ -12,7 +12,7 @@ Batches are signed before the clock starts (that is the client's work). The
 database is created by ``hashfed server init``'s own code (Alembic to head,
 genesis and first policy).
 
-    .venv/bin/python bench/ingest.py [--records 200000] [--batch 5000]
+    .venv/bin/python bench/ingest.py [--records 200000] [--batch 20000]
         [--postgres URL] [--concurrency 2] [--profile out.pstats]
 """
 
@@ -45,6 +45,7 @@ from federation.protocol.keys import (
     load_private_key,
 )
 from federation.protocol.statements import Envelope, StatementType, sign_statement
+from federation.records.checking import ItemChecker
 from federation.serve import GC_THRESHOLDS
 from federation.settings import Settings
 from federation.store.db import Database
@@ -57,7 +58,11 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     settings = Settings(data_dir=work / "var", database_url=url)
     result = await asyncio.to_thread(init_federation, settings)
     db = Database(url)
-    intake = Intake(db, CheckpointSigner.from_file(settings.origin, settings.log_key_path))
+    intake = Intake(
+        db,
+        CheckpointSigner.from_file(settings.origin, settings.log_key_path),
+        ItemChecker(args.check_processes),
+    )
     gov_key = load_private_key(result.key_path)
     governance = Principal(result.org, result.key_id, frozenset({"admin", "auditor"}))
     member_key = generate_private_key()
@@ -113,6 +118,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     threads = {name: round(t - threads0.get(name, 0.0), 2) for name, t in thread_cpu_s().items()}
     await db.close()
+    intake.checker.close()
     if accepted != args.records:
         raise SystemExit(f"accepted {accepted} of {args.records}")
     return {
@@ -144,8 +150,12 @@ def thread_cpu_s() -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=2, help="statements in flight")
+    parser.add_argument(
+        "--check-processes", type=int, default=1,
+        help="helper processes checking items, as the server's --check-processes (0: in-process)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--postgres", metavar="URL", help="an empty PostgreSQL database URL")
     parser.add_argument("--profile", metavar="FILE", help="write cProfile stats of the ingest")

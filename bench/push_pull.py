@@ -792,7 +792,8 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"\nSQLite data directory after the run: {run['sqlite_data_dir_mib']:,} MiB")
     print(
         "\nclient cpu: this process (HTTP client, signing, parsing); server cpu: the hashfed "
-        "process (all threads);\npg cpu: PostgreSQL backends of the bench database; other: the "
+        "process (all threads) and its item-checking helper;\npg cpu: PostgreSQL backends of "
+        "the bench database; other: the "
         "rest of the machine (a large figure means the phase competed for the cores);\n"
         "rec/srv-cpu-s: records per CPU-second of the server process; srv cpu-wait: time the "
         "server's threads were\nrunnable but waiting for a core (schedstat); srv peak RSS: "
@@ -855,7 +856,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--batch", type=int, default=5_000, help="items per signed statement")
+    parser.add_argument("--batch", type=int, default=20_000, help="items per signed statement")
     parser.add_argument("--concurrency", type=int, default=2, help="push requests in flight")
     parser.add_argument(
         "--pull",
