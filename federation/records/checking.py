@@ -19,7 +19,10 @@ import asyncio
 import functools
 import logging
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -35,6 +38,8 @@ log = logging.getLogger("hashfed.checking")
 
 # Below this many items the round trip to the helper costs more than it saves.
 DEFAULT_MIN_ITEMS = 1_000
+# How often a helper looks whether the server that started it is still there.
+PARENT_CHECK_S = 0.5
 
 
 class ItemChecker:
@@ -57,7 +62,8 @@ class ItemChecker:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_interrupts,
+                initializer=_start_helper,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
@@ -96,9 +102,18 @@ class ItemChecker:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ignore_interrupts() -> None:
+def _start_helper(server_pid: int) -> None:
     # Ctrl-C reaches the whole process group; the server decides when helpers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A server killed outright (SIGKILL, the OOM killer) cannot stop its helper:
+    # the helper sees its parent change and leaves by itself.
+    threading.Thread(target=_exit_with, args=(server_pid,), daemon=True).start()
+
+
+def _exit_with(server_pid: int) -> None:
+    while os.getppid() == server_pid:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 @functools.lru_cache(maxsize=8)

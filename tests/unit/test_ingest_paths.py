@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,6 +199,38 @@ async def test_a_dead_helper_loses_no_statement(checker: ItemChecker) -> None:
     assert again == first  # checked in-process instead
     third = await checker.prepare(signed, DEFAULT_POLICY.taxonomy)  # and a new helper after
     assert third == first and checker._pool is not None
+
+
+def test_a_helper_leaves_when_its_server_is_killed(tmp_path: Any) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from tests.unit.test_ingest_paths import mixed_items, statement\n"
+        "from federation.governance.policy import DEFAULT_POLICY\n"
+        "from federation.records.checking import ItemChecker\n"
+        "checker = ItemChecker(processes=1, min_items=10)\n"
+        "asyncio.run(checker.prepare(statement(mixed_items(50)), DEFAULT_POLICY.taxonomy))\n"
+        "assert checker._pool is not None\n"
+        "print(*checker._pool._processes, flush=True)\n"
+        "import time; time.sleep(60)\n"
+    )
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    assert server.stdout is not None
+    helpers = [int(pid) for pid in server.stdout.readline().split()]
+    assert helpers and all(_alive(pid) for pid in helpers)
+    server.kill()  # no chance to stop its helper
+    server.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in helpers), "the helper outlived its server"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has left; only its entry waits for a reaper
 
 
 async def test_small_statements_and_no_helpers_stay_in_process() -> None:
