@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -29,6 +31,25 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def _keep_cancelled_sqlite_connection(context: ExceptionContext) -> None:
+    """A task cancelled in a query on SQLite: close the cursor and roll back, as for any error.
+
+    SQLAlchemy treats a cancellation like a lost connection: it invalidates
+    the connection without closing the query's cursor. aiosqlite then closes
+    the SQLite connection under a statement that is still open, which only
+    makes it a "zombie" that keeps its transaction, and so the database's
+    write lock, until the garbage collector frees the cursor: every append
+    in the meantime waits the busy timeout and fails with "database is
+    locked". A handler cancelled inside ``Database.appending()`` (a client
+    that disconnects, with aiohttp's ``handler_cancellation``) wedged the log
+    that way. Nothing is lost on the wire here: aiosqlite runs the query in
+    its own thread and queues the cursor's close and the rollback after it,
+    so the connection stays usable and goes back to the pool.
+    """
+    if isinstance(context.original_exception, asyncio.CancelledError):
+        context.is_disconnect = False
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine for ``url``, tuned for its backend."""
     if is_sqlite(url):
@@ -50,6 +71,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
             cursor.close()
 
+        event.listen(engine.sync_engine, "handle_error", _keep_cancelled_sqlite_connection)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)

@@ -9,6 +9,7 @@ set up profiles and members in-process (fast); the tests drive the CLI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -16,7 +17,7 @@ import signal
 import stat
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,8 @@ class Cli:
         self, command: str, *, stdin: bytes | None = None, env: dict[str, str] | None = None
     ) -> Result:
         proc = await self.start(command, env)
-        out, err = await asyncio.wait_for(proc.communicate(stdin), CLI_TIMEOUT_S)
+        async with reaped(proc):
+            out, err = await asyncio.wait_for(proc.communicate(stdin), CLI_TIMEOUT_S)
         assert proc.returncode is not None
         return Result(proc.returncode, out.decode(), err.decode())
 
@@ -86,6 +88,25 @@ class Cli:
         result = await self(command, stdin=stdin)
         assert result.code == 0, (command, result)
         return result
+
+
+@contextlib.asynccontextmanager
+async def reaped(proc: asyncio.subprocess.Process) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``proc``, killed if it still runs on the way out (a timeout, a failed check), and reaped.
+
+    Its pipes are closed here, in the test's event loop: a process left behind
+    would keep running, and its transport, collected during a later test once
+    this loop is closed, would fail there with "Event loop is closed".
+    """
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.communicate()  # drains stdout and stderr, and waits for the exit
+        if proc.stdin is not None:
+            proc.stdin.close()  # communicate() without input leaves it open
 
 
 @dataclass
@@ -479,15 +500,15 @@ async def test_interrupted_and_killed_pushes_resume_without_duplicates(
 
     async def stop_after(more: int, signum: int) -> bytes:
         target = done_batches(journal_dir) + more
-        proc = await cli.start(push)
-        for _ in range(3000):
-            if done_batches(journal_dir) >= target:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("the push never confirmed a batch")
-        proc.send_signal(signum)
-        _, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
+        async with reaped(await cli.start(push)) as proc:
+            for _ in range(3000):
+                if done_batches(journal_dir) >= target:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                pytest.fail("the push never confirmed a batch")
+            proc.send_signal(signum)
+            _, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
         assert proc.returncode != 0, "the push finished before it could be interrupted"
         return bytes(err)
 
