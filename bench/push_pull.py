@@ -53,6 +53,7 @@ from common import (
     machine_busy_cpu_s,
     machine_info,
     process_cpu_s,
+    process_tree_cpu_s,
 )
 from sqlalchemy.engine import make_url
 
@@ -152,7 +153,7 @@ class CpuMeter:
         return (
             time.perf_counter(),
             time.process_time(),
-            process_cpu_s(self.server_pid),
+            process_tree_cpu_s(self.server_pid),
             machine_busy_cpu_s(),
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import multiprocessing
 import os
@@ -40,6 +41,7 @@ log = logging.getLogger("hashfed.checking")
 DEFAULT_MIN_ITEMS = 1_000
 # How often a helper looks whether the server that started it is still there.
 PARENT_CHECK_S = 0.5
+HELPER_GC_THRESHOLDS = (50_000, 50, 100)
 
 
 class ItemChecker:
@@ -105,6 +107,11 @@ class ItemChecker:
 def _start_helper(server_pid: int) -> None:
     # Ctrl-C reaches the whole process group; the server decides when helpers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A check allocates hundreds of thousands of short-lived objects and no cycles:
+    # as in the server, no full collections of the long-lived heap.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*HELPER_GC_THRESHOLDS)
     # A server killed outright (SIGKILL, the OOM killer) cannot stop its helper:
     # the helper sees its parent change and leaves by itself.
     threading.Thread(target=_exit_with, args=(server_pid,), daemon=True).start()
