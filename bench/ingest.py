@@ -12,7 +12,7 @@ Batches are signed before the clock starts (that is the client's work). The
 database is created by ``hashfed server init``'s own code (Alembic to head,
 genesis and first policy).
 
-    .venv/bin/python bench/ingest.py [--records 200000] [--batch 20000]
+    .venv/bin/python bench/ingest.py [--records 200000] [--batch 50000]
         [--postgres URL] [--concurrency 2] [--profile out.pstats]
 """
 
@@ -150,7 +150,7 @@ def thread_cpu_s() -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=50_000)
     parser.add_argument("--concurrency", type=int, default=2, help="statements in flight")
     parser.add_argument(
         "--check-processes", type=int, default=1,

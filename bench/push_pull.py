@@ -857,7 +857,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--batch", type=int, default=20_000, help="items per signed statement")
+    parser.add_argument("--batch", type=int, default=50_000, help="items per signed statement")
     parser.add_argument("--concurrency", type=int, default=2, help="push requests in flight")
     parser.add_argument(
         "--pull",
