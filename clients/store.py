@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -120,6 +121,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 _CREATE_ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS ix_records_id ON records (id)"
 _INSERT = "INSERT INTO records (idx, id, signal_type, value, state, leaf) VALUES (?, ?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM records WHERE idx = ?"
+# Rows per multi-row INSERT: one statement step writes them all without the
+# GIL, so the pull's checks on the event loop go on meanwhile. executemany
+# takes the GIL back for every row and the two threads take turns.
+_INSERT_ROWS = 1_000
+_INSERT_MANY = _INSERT.replace(
+    "VALUES (?, ?, ?, ?, ?, ?)", "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * _INSERT_ROWS)
+)
 _HEADS = "SELECT id, idx, state FROM records WHERE id IN (SELECT value FROM json_each(?))"
 _COLUMNS = "SELECT id, signal_type, value, state, idx, leaf FROM records"
 _COUNT = """
@@ -139,6 +147,15 @@ CSV_COLUMNS = (
 )
 CSV_LIST_SEPARATOR = ";"
 EXPORT_FORMATS = ("csv", "jsonl")
+
+
+def _insert_records(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """INSERT ``rows`` in statements of :data:`_INSERT_ROWS` rows, the rest one by one."""
+    full = len(rows) - len(rows) % _INSERT_ROWS
+    for start in range(0, full, _INSERT_ROWS):
+        conn.execute(_INSERT_MANY, list(chain.from_iterable(rows[start : start + _INSERT_ROWS])))
+    if full < len(rows):
+        conn.executemany(_INSERT, rows[full:])
 
 
 class StoreError(Exception):
@@ -616,7 +633,7 @@ class LocalStore:
                 conn.executemany(_COUNT, [(t, st, n) for (t, st), n in tally.items() if n])
                 conn.execute("DELETE FROM counts WHERE records = 0")
             columns = (batch.idx, batch.record, batch.signal_type, batch.value, batch.state)
-            conn.executemany(_INSERT, zip(*columns, batch.leaf, strict=True))
+            _insert_records(conn, list(zip(*columns, batch.leaf, strict=True)))
             self._set_meta(META_CURSOR, cursor)
             self._set_meta(META_LAST_SYNC, str(int(time.time())))
             if log_size is not None:

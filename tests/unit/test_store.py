@@ -169,6 +169,21 @@ def test_a_failed_apply_changes_neither_data_nor_cursor(store: LocalStore) -> No
     assert [r[0] for r in rows(store)] == [record_id("md5", "a" * 32)]
 
 
+def test_a_batch_of_thousands_is_stored_whole_and_exact(store: LocalStore) -> None:
+    """Big batches go in multi-row statements plus a remainder: every row, byte for byte."""
+    batch = [version(i, f"{i:032x}") for i in range(1, 2_346)]
+    counts = store.apply(batch, "c2346")
+    assert counts.new == 2_345
+    stored = {r[3]: r for r in rows(store)}
+    assert sorted(stored) == list(range(1, 2_346))
+    assert all(stored[v.idx][5] == v.leaf for v in batch)
+    assert scanned_counts(store) == [("md5", "approved", 2_345)]
+    again = [version(i + 3_000, f"{i:032x}", v=2, state="withdrawn") for i in range(1, 1_500)]
+    counts = store.apply(again, "c4500")  # replaces 1,499 heads: the other path
+    assert counts.tombstones == 1_499
+    assert scanned_counts(store) == [("md5", "approved", 846), ("md5", "withdrawn", 1_499)]
+
+
 def test_applying_twice_changes_nothing(store: LocalStore) -> None:
     batch = [version(1), version(2, "b" * 32), version(4, v=2, state="withdrawn")]
     store.apply(batch, "c1")
