@@ -60,12 +60,18 @@ async def insert_rows(
     # Multi-row statements, not executemany: Python's sqlite3 takes the GIL back
     # for every row of an executemany, so the event loop and the database
     # thread take turns. One step per thousand rows lets them run side by side.
-    full = len(rows) - len(rows) % SQLITE_ROWS_PER_INSERT
-    for start in range(0, full, SQLITE_ROWS_PER_INSERT):
-        part = rows[start : start + SQLITE_ROWS_PER_INSERT]
-        sql = _compiled_multirow(conn.dialect, table, columns, SQLITE_ROWS_PER_INSERT)
-        await conn.exec_driver_sql(sql, tuple(chain.from_iterable(part)))
-    if full < len(rows):
-        rest = rows[full:]
-        sql = _compiled_multirow(conn.dialect, table, columns, len(rest))
-        await conn.exec_driver_sql(sql, tuple(chain.from_iterable(rest)))
+    # The rest goes in power-of-two parts, so that a table has at most eleven
+    # distinct statements to compile and cache, whatever the batch sizes.
+    start = 0
+    for size in _parts(len(rows)):
+        sql = _compiled_multirow(conn.dialect, table, columns, size)
+        await conn.exec_driver_sql(sql, tuple(chain.from_iterable(rows[start : start + size])))
+        start += size
+
+
+def _parts(count: int) -> list[int]:
+    """``count`` as full statements of :data:`SQLITE_ROWS_PER_INSERT`, then powers of two."""
+    full, rest = divmod(count, SQLITE_ROWS_PER_INSERT)
+    return [SQLITE_ROWS_PER_INSERT] * full + [
+        1 << b for b in reversed(range(rest.bit_length())) if rest >> b & 1
+    ]

@@ -41,7 +41,7 @@ from federation.records.ingest import (
     prepare,
     prepare_async,
 )
-from federation.store.bulk import SQLITE_ROWS_PER_INSERT, insert_rows
+from federation.store.bulk import SQLITE_ROWS_PER_INSERT, _parts, insert_rows
 
 KEY = generate_private_key()
 KID = key_id(KEY.public_key())
@@ -283,3 +283,12 @@ async def test_bulk_inserts_write_every_row_once_in_any_count(
         assert stored == rows
     finally:
         await engine.dispose()
+
+
+def test_any_row_count_needs_at_most_eleven_distinct_statements() -> None:
+    sizes = set()
+    for count in range(5 * SQLITE_ROWS_PER_INSERT):
+        parts = _parts(count)
+        assert sum(parts) == count
+        sizes.update(parts)
+    assert len(sizes) <= 11 and max(sizes) == SQLITE_ROWS_PER_INSERT
