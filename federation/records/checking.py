@@ -83,8 +83,8 @@ class ItemChecker:
                 statement.signed_bytes,
                 tuple(taxonomy.labels.items()),
             )
-        except BrokenProcessPool:
-            log.warning("the item-checking helper process died; checking in-process")
+        except (BrokenProcessPool, OSError) as exc:  # died, or could not be started
+            log.warning("item-checking helper unavailable (%s); checking in-process", exc)
             self._discard()
             return await prepare_async(statement, taxonomy)
         if isinstance(outcome, Prepared):
