@@ -30,6 +30,7 @@ from federation.bootstrap import init_federation
 from federation.protocol.keys import generate_private_key, load_private_key
 from federation.settings import Settings
 from federation.store.db import Database
+from federation.store.migrate import upgrade_to_head
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -100,6 +101,15 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield make_url(admin).set(database=name).render_as_string(hide_password=False)
     finally:
         await _pg_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A :class:`Database` on a fresh database migrated to head, on each backend."""
+    await asyncio.to_thread(upgrade_to_head, database_url)
+    database = Database(database_url)
+    yield database
+    await database.close()
 
 
 @dataclass

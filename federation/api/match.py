@@ -51,7 +51,7 @@ from federation.protocol.matching import (
 from federation.protocol.pdq_index import PdqIndex, codes_from_hex
 from federation.protocol.problems import HashfedError, Problem
 from federation.records.ingest import state_from_row
-from federation.store.db import Database, chunks
+from federation.store.db import Database, one_of
 from federation.store.schema import records
 
 __all__ = [
@@ -223,24 +223,23 @@ async def _fetch(db: Database, ids: Sequence[str]) -> dict[str, RecordInfo]:
     if not ids:
         return found
     async with db.reading() as conn:
-        for part in chunks(ids):
-            rows = await conn.execute(
-                select(
-                    records.c.id, records.c.signal_type, records.c.value, records.c.state,
-                    records.c.version, records.c.published, records.c.gov, records.c.labels,
-                    records.c.contributors,
-                ).where(records.c.id.in_(part))
-            )  # fmt: skip
-            for row in rows:
-                found[row.id] = RecordInfo(
-                    record=row.id,
-                    signal_type=row.signal_type,
-                    value=row.value,
-                    state=row.state,
-                    labels=tuple(orjson.loads(row.labels)),
-                    contributors=tuple(orjson.loads(row.contributors)),
-                    disputed=state_from_row(row).disputed,
-                )
+        rows = await conn.execute(
+            select(
+                records.c.id, records.c.signal_type, records.c.value, records.c.state,
+                records.c.version, records.c.published, records.c.gov, records.c.labels,
+                records.c.contributors,
+            ).where(one_of(conn, records.c.id, ids))
+        )  # fmt: skip
+        for row in rows:
+            found[row.id] = RecordInfo(
+                record=row.id,
+                signal_type=row.signal_type,
+                value=row.value,
+                state=row.state,
+                labels=tuple(orjson.loads(row.labels)),
+                contributors=tuple(orjson.loads(row.contributors)),
+                disputed=state_from_row(row).disputed,
+            )
     return found
 
 

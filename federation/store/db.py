@@ -16,13 +16,10 @@ from federation.store.engine import create_engine, is_sqlite
 from federation.store.reads import PointReads
 from federation.store.schema import log_head
 
-# SQLite allows 32,766 bound parameters; stay far below for IN (…) lookups.
-IN_CHUNK = 900
-
 T = TypeVar("T")
 
 
-def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterable[Sequence[T]]:
+def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

@@ -8,11 +8,7 @@ database as one JSON array (SQLite ``json_each``) or one text array
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-from collections.abc import AsyncIterator
-
-import pytest
 
 from federation.records.ingest import (
     CONTRIBUTION_COLUMNS,
@@ -21,18 +17,9 @@ from federation.records.ingest import (
 )
 from federation.store.bulk import insert_rows
 from federation.store.db import Database
-from federation.store.migrate import upgrade_to_head
 from federation.store.schema import contributions, records
 
 LOOKED_UP = 40_000  # more ids than either engine takes as separate parameters
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    await asyncio.to_thread(upgrade_to_head, database_url)
-    database = Database(database_url)
-    yield database
-    await database.close()
 
 
 async def test_forty_thousand_ids_in_one_lookup_find_exactly_the_existing_records(

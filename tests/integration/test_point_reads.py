@@ -18,14 +18,6 @@ from federation.store.migrate import upgrade_to_head
 from federation.store.schema import log_head
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    await asyncio.to_thread(upgrade_to_head, database_url)
-    database = Database(database_url)
-    yield database
-    await database.close()
-
-
 async def test_a_point_read_sees_every_commit(db: Database) -> None:
     assert await db.point.first(HEAD) == (0, 0)
     async with db.writing() as conn:
