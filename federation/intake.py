@@ -38,7 +38,7 @@ from federation.protocol.statements import (
     verify_statement,
 )
 from federation.records.checking import ItemChecker
-from federation.records.ingest import apply_record_statement, prepare
+from federation.records.ingest import apply_record_statement, draft_record_statement, prepare
 from federation.store.db import Database
 from federation.store.schema import statements
 
@@ -127,6 +127,10 @@ class Intake:
         check_statement_time(statement)
         is_record = statement.type in RECORD_TYPES
         prepared = await self.checker.prepare(statement, policy.taxonomy) if is_record else None
+        draft = None
+        if prepared is not None:
+            async with self.db.reading() as conn:
+                draft = await draft_record_statement(conn, statement, principal, prepared, policy)
 
         async with self.db.appending() as (conn, size):
             stored = await self._stored_result(conn, statement.id)
@@ -138,10 +142,10 @@ class Intake:
             if is_record:
                 in_force = await current_policy(conn)
                 if in_force.version != policy.version:  # the taxonomy may have changed
-                    prepared = prepare(statement, in_force.taxonomy)
+                    prepared, draft = prepare(statement, in_force.taxonomy), None
                 assert prepared is not None
                 result = await apply_record_statement(
-                    conn, batch, statement, principal, prepared, in_force
+                    conn, batch, statement, principal, prepared, in_force, draft
                 )
             elif statement.type == StatementType.POLICY_SET:
                 result = await apply_policy_set(conn, batch, statement)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from itertools import count, repeat
 from typing import Any
 
 from sqlalchemy import update
@@ -55,11 +56,18 @@ class LogBatch:
         self.rows.append((idx, LEAF_VERSION, canonical_json(fields), visible))
         return idx
 
-    def add_version_leaf(self, idx: int, leaf: bytes, *, visible: bool) -> None:
-        """Append a version leaf already encoded for index ``idx`` (the next one)."""
-        if idx != self.next_idx:
-            raise ValueError(f"version leaf for index {idx}, but the next index is {self.next_idx}")
-        self.rows.append((idx, LEAF_VERSION, leaf, visible))
+    def add_version_leaves(self, first: int, leaves: list[bytes], visible: list[bool]) -> None:
+        """Append version leaves already encoded for indices ``first``, ``first + 1``, …
+
+        ``visible[i]`` says whether consumers see ``leaves[i]``; ``first`` must
+        be the next index.
+        """
+        if first != self.next_idx or len(leaves) != len(visible):
+            raise ValueError(
+                f"{len(leaves)} version leaves ({len(visible)} visible flags) from index {first}, "
+                f"but the next is {self.next_idx}"
+            )
+        self.rows.extend(zip(count(first), repeat(LEAF_VERSION), leaves, visible, strict=False))
 
     async def flush(self, conn: AsyncConnection, signer: CheckpointSigner) -> str | None:
         """Write the leaves, extend the Merkle tiles and sign the new checkpoint."""

@@ -14,6 +14,7 @@ import functools
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import count
 from operator import itemgetter
 from typing import Any, NamedTuple, cast
 
@@ -46,11 +47,11 @@ from federation.protocol.items import (
     parse_submission,
 )
 from federation.protocol.problems import HashfedError, Problem
-from federation.protocol.statements import SignedStatement, StatementType
+from federation.protocol.statements import SignedStatement, StatementType, canonical_json
 from federation.protocol.taxonomy import Taxonomy
 from federation.store.bulk import insert_rows
 from federation.store.db import chunks, one_of
-from federation.store.schema import contributions, disputes, notifications, records
+from federation.store.schema import contributions, disputes, log_head, notifications, records
 
 CONTRIBUTION_ACTIVE = "active"
 CONTRIBUTION_WITHDRAWN = "withdrawn"
@@ -333,6 +334,12 @@ def _json_sorted(values: tuple[str, ...]) -> str:
 
 
 _first = itemgetter(0)  # sort rows by key alone: half the cost of comparing whole tuples
+_STATE_TEXT = {state: state.value for state in State}  # Enum.value is a slow property
+
+
+def _quoted(text: str) -> str:
+    """The JSON string of ``text``: between quotes as it is when only ASCII letters and digits."""
+    return f'"{text}"' if text.isascii() and text.isalnum() else _dumps(text)
 
 
 def _dumps(value: Any) -> str:
@@ -403,6 +410,27 @@ async def load_states(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, Re
     return found
 
 
+@dataclass(slots=True)
+class _Encoded:
+    """What :meth:`Changes.encode` makes of the new records.
+
+    Per new record, in the statement's order: the template leaf's bytes before
+    (``heads``) and after (``tails``) its log index, and whether consumers see
+    it (``visible``); a record encoded the general way has empty bytes there
+    and its version fields in ``general``, by position. ``rows``: the records'
+    rows in id order, ``head_idx`` holding the record's position until
+    :meth:`Changes.assemble` makes it its log index. ``contributions``: the new
+    contributions' rows in key order, ``updated_idx`` filled in by assemble too.
+    """
+
+    heads: list[bytes] = field(default_factory=list)
+    tails: list[bytes] = field(default_factory=list)
+    visible: list[bool] = field(default_factory=list)
+    general: dict[int, dict[str, Any]] = field(default_factory=dict)
+    rows: list[list[Any]] = field(default_factory=list)
+    contributions: list[list[Any]] = field(default_factory=list)
+
+
 @dataclass
 class Changes:
     """What one statement did, gathered in memory and written at the end."""
@@ -424,6 +452,7 @@ class Changes:
     disputes_voted: list[dict[str, Any]] = field(default_factory=list)
     # A dispute vote short of quorum changes no record but must be in the log.
     log_anyway: bool = False
+    _encoded: _Encoded | None = field(default=None, repr=False)
 
     def accept(self, item: Item, record: RecordState, *, new: bool = False) -> None:
         (self.new if new else self.changed).append(record)
@@ -459,27 +488,121 @@ class Changes:
     def any(self) -> bool:
         return bool(self.new or self.changed or self.log_anyway)
 
-    async def write(self, conn: AsyncConnection, batch: LogBatch) -> int | None:
-        """Append the statement and its versions; write records, contributions, inboxes."""
-        if not self.any:
-            return None
-        leaf = batch.add_statement(self.statement)
+    def encode(self) -> _Encoded:
+        """The new records' leaves and rows, all but their log indices (pure, computed once).
+
+        This is most of the Python work of writing a big statement, and it
+        needs no log index: it can be done before the append lock is taken
+        (see :func:`draft_record_statement`), leaving :meth:`write` only the
+        indices to fill in.
+
+        A record created here has version 1, one contributor and no governance
+        history yet, so its leaf, the canonical JSON of
+        :meth:`RecordState.version_fields`, is filled into a template instead of
+        built as a dict and sorted: the same bytes (a property test compares the
+        two, and the auditor rebuilds every leaf the general way), at a fraction
+        of the cost. A record that does not fit the template takes the general
+        path, with its fields encoded in :meth:`write`.
+        """
+        if self._encoded is not None:
+            return self._encoded
         cause, now = self.statement.id, self.now
-        new_rows = self._append_new(batch)
+        encoded = _Encoded()
+        heads: dict[str, tuple[bytes, str]] = {}  # org -> (leaf up to the index, contributors)
+        labels_json: dict[tuple[str, ...], str] = {}
+        types_json: dict[str, str] = {}
+        leaf_heads, tails, rows = encoded.heads, encoded.tails, encoded.rows
+        for position, r in enumerate(self.new):
+            state = _STATE_TEXT[r.state]
+            if (
+                r.version != 1 or len(r.contributions) != 1 or r.approvals or r.opinions
+                or r.open_disputes or r.relabelled is not None
+            ):  # fmt: skip
+                encoded.general[position] = r.version_fields(cause, now)
+                leaf_heads.append(b"")
+                tails.append(b"")
+                rows.append(
+                    [r.id, r.signal_type, r.value, state, _json_list(r.labels),
+                     _json_list(r.contributors), r.version, r.published, position, now, now,
+                     _gov_json(r)]
+                )  # fmt: skip
+                continue
+            ((org, labels),) = r.contributions.items()
+            head = heads.get(org)
+            if head is None:
+                contributors = _dumps([org])
+                head = heads[org] = (
+                    f'{{"cause":{_dumps(cause)},"contributors":{contributors},'
+                    '"disputed":false,"index":'.encode(),
+                    contributors,
+                )
+            lj = labels_json.get(labels)
+            if lj is None:
+                lj = labels_json[labels] = _json_sorted(tuple(set(labels)))
+            tj = types_json.get(r.signal_type)
+            if tj is None:
+                tj = types_json[r.signal_type] = _dumps(r.signal_type)
+            leaf_heads.append(head[0])
+            # The record id is 32 hex digits (record_id()); the value may need escaping.
+            tails.append(
+                f',"kind":"version","labels":{lj},"opinions":{{}},"record":"{r.id}",'
+                f'"signal_type":{tj},"state":"{state}","time":{now},'
+                f'"value":{_quoted(r.value)},"version":1}}'.encode()
+            )
+            rows.append(
+                [r.id, r.signal_type, r.value, state, lj, head[1], 1, r.published, position, now,
+                 now, "{}"]
+            )  # fmt: skip
+        encoded.visible = [r.visible for r in self.new]
+        # New rows go in key order: a batch of random ids then walks the
+        # B-tree once, left to right, instead of jumping around it.
+        rows.sort(key=_first)
+        encoded.contributions = [[*c, 0] for c in sorted(self.contributions_added, key=_first)]
+        self._encoded = encoded
+        return encoded
+
+    def assemble(self, batch: LogBatch) -> tuple[int, list[list[Any]], list[list[Any]]]:
+        """Append the statement's leaf and its versions' to ``batch``; the rows to insert.
+
+        Returns the statement's log index, the rows of new records and of new
+        contributions (each in key order). Pure: :meth:`write` inserts them.
+        Call it once: it fills the log indices into :meth:`encode`'s rows.
+        """
+        encoded = self.encode()
+        cause, now = self.statement.id, self.now
+        leaf = batch.add_statement(self.statement)
+        first = batch.next_idx
+        leaves = [
+            b"%b%d%b" % (head, idx, tail)
+            for idx, head, tail in zip(count(first), encoded.heads, encoded.tails, strict=False)
+        ]
+        for position, fields in encoded.general.items():
+            idx = first + position
+            leaves[position] = canonical_json({**fields, "kind": "version", "index": idx})
+        batch.add_version_leaves(first, leaves, encoded.visible)
+        if self.notices:  # what they need of new records' log indices
+            ids = (r.id for r in self.new)
+            self.head_idx.update(zip(ids, range(first, batch.next_idx), strict=True))
         for record in self.changed:
             self.head_idx[record.id] = batch.add_version(
                 record.version_fields(cause, now), visible=record.visible
             )
-        # New rows go in key order: a batch of random ids then walks the
-        # B-tree once, left to right, instead of jumping around it.
-        new_rows.sort(key=_first)
+        for row in encoded.rows:
+            row[8] += first  # head_idx: the record's position among the new ones, until now
+        for contribution in encoded.contributions:
+            contribution[7] = leaf  # updated_idx
+        return leaf, encoded.rows, encoded.contributions
+
+    async def write(self, conn: AsyncConnection, batch: LogBatch) -> int | None:
+        """Append the statement and its versions; write records, contributions, inboxes."""
+        if not self.any:
+            return None
+        leaf, new_rows, new_contributions = self.assemble(batch)
+        cause = self.statement.id
         await insert_rows(conn, records, RECORD_COLUMNS, new_rows)
         if self.changed:
-            await _update_records(conn, self.changed, self.head_idx, now)
-        await insert_rows(
-            conn, contributions, CONTRIBUTION_COLUMNS,
-            sorted(((*c, leaf) for c in self.contributions_added), key=_first),
-        )  # fmt: skip
+            await _update_records(conn, self.changed, self.head_idx, self.now)
+        await insert_rows(conn, contributions, CONTRIBUTION_COLUMNS, new_contributions)
         if self.contributions_readded:
             await _upsert_contributions(conn, [(*c, leaf) for c in self.contributions_readded])
         if self.contributions_withdrawn:
@@ -505,62 +628,6 @@ class Changes:
             )
         await self._write_notices(conn, leaf)
         return leaf
-
-    def _append_new(self, batch: LogBatch) -> list[tuple[Any, ...]]:
-        """Append the version leaves of the records this statement created; their rows.
-
-        A record created here has version 1, one contributor and no governance
-        history yet, so its leaf, the canonical JSON of
-        :meth:`RecordState.version_fields`, is filled into a template instead of
-        built as a dict and sorted: the same bytes (a property test compares the
-        two, and the auditor rebuilds every leaf the slow way), at a third of the
-        cost. A record that does not fit the template takes the general path.
-        """
-        cause, now = self.statement.id, self.now
-        rows: list[tuple[Any, ...]] = []
-        heads: dict[str, tuple[str, str]] = {}
-        labels_json: dict[tuple[str, ...], str] = {}
-        head_idx = self.head_idx
-        for r in self.new:
-            if (
-                r.version != 1 or len(r.contributions) != 1 or r.approvals or r.opinions
-                or r.open_disputes or r.relabelled is not None
-            ):  # fmt: skip
-                head_idx[r.id] = idx = batch.add_version(
-                    r.version_fields(cause, now), visible=r.visible
-                )
-                rows.append(
-                    (r.id, r.signal_type, r.value, r.state.value, _json_list(r.labels),
-                     _json_list(r.contributors), r.version, r.published, idx, now, now,
-                     _gov_json(r))
-                )  # fmt: skip
-                continue
-            ((org, labels),) = r.contributions.items()
-            head = heads.get(org)
-            if head is None:
-                contributors = _dumps([org])
-                head = heads[org] = (
-                    f'{{"cause":{_dumps(cause)},"contributors":{contributors},'
-                    '"disputed":false,"index":',
-                    contributors,
-                )
-            lj = labels_json.get(labels)
-            if lj is None:
-                lj = labels_json[labels] = _json_sorted(tuple(set(labels)))
-            state = r.state.value
-            head_idx[r.id] = idx = batch.next_idx
-            batch.add_version_leaf(
-                idx,
-                f'{head[0]}{idx},"kind":"version","labels":{lj},"opinions":{{}},'
-                f'"record":{_dumps(r.id)},"signal_type":{_dumps(r.signal_type)},'
-                f'"state":"{state}","time":{now},"value":{_dumps(r.value)},"version":1}}'.encode(),
-                visible=r.visible,
-            )
-            rows.append(
-                (r.id, r.signal_type, r.value, state, lj, head[1], 1, r.published, idx, now, now,
-                 "{}")
-            )  # fmt: skip
-        return rows
 
     async def _write_notices(self, conn: AsyncConnection, leaf: int) -> None:
         rows = []
@@ -657,6 +724,69 @@ def apply_items(
     return changes
 
 
+# Statements whose items name records and nothing else: they can be drafted.
+DRAFTED_TYPES = frozenset(
+    {StatementType.SUBMISSIONS, StatementType.WITHDRAWALS, StatementType.REVIEWS,
+     StatementType.OPINIONS}
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Draft:
+    """A record statement applied, before the append lock, to its records as they were.
+
+    ``size`` is the log's size when the records were read (read first, so
+    every version appended after it has a log index of ``size`` or more).
+    Inside the lock, :func:`apply_record_statement` keeps the draft if no
+    version of any of ``ids`` was appended since: the records are then
+    exactly as the draft saw them, and the draft's changes are the ones the
+    statement makes in log order. Otherwise it applies the statement again.
+    """
+
+    size: int
+    ids: list[str]
+    policy_version: int
+    changes: Changes
+
+
+async def draft_record_statement(
+    conn: AsyncConnection,
+    statement: SignedStatement,
+    principal: Principal,
+    prepared: Prepared,
+    policy: PolicyInForce,
+) -> Draft | None:
+    """Apply ``statement`` to its records as they are now, outside the append lock.
+
+    Loading the records, applying the rules and encoding the leaves and rows
+    is most of the work of a big statement; done here, the append lock is
+    held only to check that nothing changed, number the leaves and write.
+    Returns None for statements that are not drafted (:data:`DRAFTED_TYPES`).
+    """
+    if statement.type not in DRAFTED_TYPES:
+        return None
+    size = (await conn.execute(select(log_head.c.size).where(log_head.c.id == 1))).scalar_one()
+    ids = [item.record_id for item in prepared.items]
+    states = await load_states(conn, ids)
+    # The draft's own results list: a statement applied again starts from the prepared one.
+    mine = Prepared(prepared.items, list(prepared.results), prepared.extra)
+    changes = apply_items(statement, principal, mine, states, {}, policy, int(time.time()))
+    changes.encode()
+    return Draft(int(size), ids, policy.version, changes)
+
+
+async def touched_since(conn: AsyncConnection, size: int, ids: Sequence[str]) -> bool:
+    """Whether a version of any record among ``ids`` has a log index of ``size`` or more."""
+    if not ids:
+        return False
+    found = await conn.execute(
+        select(records.c.id)
+        .where(and_(records.c.head_idx >= size, one_of(conn, records.c.id, ids)))
+        .limit(1)
+    )
+    return found.first() is not None
+
+
 async def apply_record_statement(
     conn: AsyncConnection,
     batch: LogBatch,
@@ -664,17 +794,30 @@ async def apply_record_statement(
     principal: Principal,
     prepared: Prepared,
     policy: PolicyInForce,
+    draft: Draft | None = None,
 ) -> dict[str, Any]:
-    """Apply a validated record statement inside the append transaction."""
-    found: dict[str, Dispute] = {}
-    if statement.type == StatementType.DISPUTE_RESOLVE:
-        dispute = await load_dispute(conn, prepared.extra["dispute"])
-        ids = [dispute.record]
-        found[dispute.id] = dispute
+    """Apply a validated record statement inside the append transaction.
+
+    ``draft`` (from :func:`draft_record_statement`) is used if it still holds:
+    same policy, and no version of its records appended since it was made.
+    """
+    if (
+        draft is not None
+        and draft.policy_version == policy.version
+        and (draft.size == batch.start or not await touched_since(conn, draft.size, draft.ids))
+    ):
+        changes = draft.changes
     else:
-        ids = [item.record_id for item in prepared.items]
-    states = await load_states(conn, ids)
-    changes = apply_items(statement, principal, prepared, states, found, policy, int(time.time()))
+        found: dict[str, Dispute] = {}
+        if statement.type == StatementType.DISPUTE_RESOLVE:
+            dispute = await load_dispute(conn, prepared.extra["dispute"])
+            ids = [dispute.record]
+            found[dispute.id] = dispute
+        else:
+            ids = [item.record_id for item in prepared.items]
+        states = await load_states(conn, ids)
+        now = int(time.time())
+        changes = apply_items(statement, principal, prepared, states, found, policy, now)
     leaf = await changes.write(conn, batch)
     summary = changes.summary()
     summary["leaf_index"] = leaf

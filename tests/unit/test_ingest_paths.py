@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +110,11 @@ def test_new_record_leaves_are_the_canonical_json_of_their_fields(
     who = Principal(org, KID, frozenset({"contributor"}))
     changes = apply_items(signed, who, prepare(signed, policy.taxonomy), {}, {}, policy, NOW)
     batch = LogBatch(start=0)
-    batch.add_statement(signed)
-    rows = changes._append_new(batch)
+    leaf, rows, _ = changes.assemble(batch)
     leaves, expected_rows = general_encoding(changes)
+    assert leaf == 0
     assert [row[2] for row in batch.rows[1:]] == leaves
-    assert rows == expected_rows
+    assert list(map(tuple, rows)) == sorted(expected_rows, key=itemgetter(0))  # key order
     assert [row[3] for row in batch.rows[1:]] == [r.visible for r in changes.new]
 
 
@@ -124,10 +125,9 @@ def test_a_record_outside_the_template_takes_the_general_path() -> None:
                           DEFAULT_POLICY, NOW)  # fmt: skip
     changes.new[0].opinions["other"] = "false_positive"  # not a fresh record any more
     batch = LogBatch(start=0)
-    batch.add_statement(signed)
-    rows = changes._append_new(batch)
+    _, rows, _ = changes.assemble(batch)
     leaves, expected_rows = general_encoding(changes)
-    assert batch.rows[1][2] == leaves[0] and rows == expected_rows
+    assert batch.rows[1][2] == leaves[0] and list(map(tuple, rows)) == expected_rows
     assert b'"opinions":{"false_positive":1}' in leaves[0]
 
 

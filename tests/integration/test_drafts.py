@@ -1,0 +1,171 @@
+"""Drafted statements: applied before the append lock, kept only if their records did not change.
+
+The intake applies a record statement to its records as they were read
+before the append lock (a draft), then, inside the lock, keeps that work only
+if no version of those records was appended in between; otherwise it applies
+the statement again. These tests put another member's statement exactly in
+that gap, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+import federation.intake as intake_module
+import federation.records.ingest as ingest
+from clients.client import Identity
+from federation.identities.service import Principal
+from federation.intake import Intake
+from federation.log.checkpoints import CheckpointSigner
+from federation.protocol.signals import record_id
+from federation.protocol.statements import SignedStatement, StatementType, sign_statement
+from federation.store.schema import LEAF_VERSION, contributions, log, records
+from tests.conftest import Federation
+
+SUBMISSIONS = {StatementType.SUBMISSIONS}
+WITHDRAWALS = {StatementType.WITHDRAWALS}
+
+
+def md5(n: int) -> str:
+    return f"{n:032x}"
+
+
+def submissions(who: Identity, *values: str) -> SignedStatement:
+    items = [{"signal_type": "md5", "value": v, "labels": ["recruitment"]} for v in values]
+    return sign_statement(
+        {"type": "submissions", "items": items}, who.private_key, key_id=who.key_id, org=who.org
+    )
+
+
+def principal(who: Identity) -> Principal:
+    return Principal(who.org, who.key_id, frozenset({"contributor", "consumer"}))
+
+
+@pytest.fixture
+async def intake(fed: Federation) -> Intake:
+    return Intake(
+        fed.db, CheckpointSigner.from_file(fed.settings.origin, fed.settings.log_key_path)
+    )
+
+
+def between_draft_and_lock(
+    monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], Awaitable[Any]]
+) -> list[int]:
+    """Run ``meanwhile`` once, right after the next draft is made; count applications."""
+    applied: list[int] = []
+    draft, apply_items = ingest.draft_record_statement, ingest.apply_items
+    pending = [meanwhile]
+
+    async def drafted(*args: Any, **kwargs: Any) -> Any:
+        made = await draft(*args, **kwargs)
+        while pending:
+            await pending.pop()()
+        return made
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        applied.append(1)
+        return apply_items(*args, **kwargs)
+
+    monkeypatch.setattr(intake_module, "draft_record_statement", drafted)
+    monkeypatch.setattr(ingest, "apply_items", counted)
+    return applied
+
+
+async def contributors(fed: Federation, rid: str) -> list[str]:
+    async with fed.db.reading() as conn:
+        rows = await conn.execute(
+            select(contributions.c.org_id).where(contributions.c.record_id == rid)
+        )
+        return sorted(r.org_id for r in rows)
+
+
+async def test_a_draft_whose_record_changed_meanwhile_is_applied_again(
+    fed: Federation, intake: Intake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alpha, beta = await fed.admit("alpha"), await fed.admit("beta")
+    shared, own = md5(1), md5(2)
+    first = submissions(alpha, shared)
+
+    async def alpha_submits_first() -> None:
+        await intake.accept(principal(alpha), first.envelope(), SUBMISSIONS)
+
+    applied = between_draft_and_lock(monkeypatch, alpha_submits_first)
+    # Beta's draft saw no record for `shared`; alpha created it before beta's lock.
+    outcome = await intake.accept(principal(beta), submissions(beta, shared, own).envelope(),
+                                  SUBMISSIONS)  # fmt: skip
+
+    assert [r["status"] for r in outcome.result["results"]] == ["accepted", "accepted"]
+    assert len(applied) == 3  # alpha's draft, beta's draft, beta applied again in the lock
+    assert await contributors(fed, record_id("md5", shared)) == ["alpha", "beta"]
+    assert await contributors(fed, record_id("md5", own)) == ["beta"]
+    async with fed.db.reading() as conn:
+        row = (
+            await conn.execute(
+                select(records.c.version, records.c.contributors).where(
+                    records.c.id == record_id("md5", shared)
+                )
+            )
+        ).one()
+        versions = (
+            await conn.execute(
+                select(log.c.leaf).where(log.c.kind == LEAF_VERSION).order_by(log.c.idx)
+            )
+        ).scalars()
+        leaves = [bytes(v) for v in versions if record_id("md5", shared).encode() in bytes(v)]
+    assert (row.version, row.contributors) == (2, '["alpha","beta"]')
+    assert len(leaves) == 2
+    assert b'"contributors":["alpha"]' in leaves[0] and b'"version":1}' in leaves[0]
+    assert b'"contributors":["alpha","beta"]' in leaves[1] and b'"version":2}' in leaves[1]
+
+
+async def test_a_draft_of_untouched_records_is_kept_though_the_log_grew(
+    fed: Federation, intake: Intake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alpha, beta = await fed.admit("alpha"), await fed.admit("beta")
+
+    async def alpha_submits_other_records() -> None:
+        await intake.accept(principal(alpha), submissions(alpha, md5(7), md5(8)).envelope(),
+                            SUBMISSIONS)  # fmt: skip
+
+    applied = between_draft_and_lock(monkeypatch, alpha_submits_other_records)
+    outcome = await intake.accept(principal(beta), submissions(beta, md5(9)).envelope(),
+                                  SUBMISSIONS)  # fmt: skip
+
+    assert outcome.result["counts"] == {"accepted": 1, "duplicate": 0, "refused": 0}
+    assert len(applied) == 2  # each statement applied once: beta's draft held
+    assert await contributors(fed, record_id("md5", md5(9))) == ["beta"]
+    assert outcome.result["leaf_index"] > 0
+
+
+async def test_a_withdrawal_drafted_before_a_resubmission_sees_the_record_as_it_is(
+    fed: Federation, intake: Intake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alpha, beta = await fed.admit("alpha"), await fed.admit("beta")
+    value = md5(3)
+    await intake.accept(principal(alpha), submissions(alpha, value).envelope(), SUBMISSIONS)
+    withdrawal = sign_statement(
+        {"type": "withdrawals", "items": [{"signal_type": "md5", "value": value}]},
+        alpha.private_key, key_id=alpha.key_id, org=alpha.org,
+    )  # fmt: skip
+
+    async def beta_joins() -> None:
+        await intake.accept(principal(beta), submissions(beta, value).envelope(), SUBMISSIONS)
+
+    between_draft_and_lock(monkeypatch, beta_joins)
+    # Alpha's draft saw it as the only contributor (a tombstone would follow);
+    # beta joined first, so the record stays, with beta alone.
+    await intake.accept(principal(alpha), withdrawal.envelope(), WITHDRAWALS)
+    rid = record_id("md5", value)
+    async with fed.db.reading() as conn:
+        row = (
+            await conn.execute(
+                select(records.c.state, records.c.version, records.c.contributors).where(
+                    records.c.id == rid
+                )
+            )
+        ).one()
+    assert (row.state, row.version, row.contributors) == ("approved", 3, '["beta"]')
