@@ -39,6 +39,7 @@ from federation.protocol.statements import (
 )
 from federation.records.checking import ItemChecker
 from federation.records.ingest import apply_record_statement, draft_record_statement, prepare
+from federation.store.bulk import Inserts
 from federation.store.db import Database
 from federation.store.schema import statements
 
@@ -132,7 +133,7 @@ class Intake:
             async with self.db.reading() as conn:
                 draft = await draft_record_statement(conn, statement, principal, prepared, policy)
 
-        async with self.db.appending() as (conn, size):
+        async with self.db.appending() as (conn, size), Inserts(conn) as inserts:
             stored = await self._stored_result(conn, statement.id)
             if stored is not None:
                 return Outcome(stored, replayed=True)
@@ -145,7 +146,7 @@ class Intake:
                     prepared, draft = prepare(statement, in_force.taxonomy), None
                 assert prepared is not None
                 result = await apply_record_statement(
-                    conn, batch, statement, principal, prepared, in_force, draft
+                    conn, batch, inserts, statement, principal, prepared, in_force, draft
                 )
             elif statement.type == StatementType.POLICY_SET:
                 result = await apply_policy_set(conn, batch, statement)
@@ -158,13 +159,14 @@ class Intake:
                 )
             if batch.rows:
                 result["leaf_index"] = batch.start
-                await _store_statement(conn, batch, statement, result, self.signer)
+                await _store_statement(conn, batch, inserts, statement, result, self.signer)
         return Outcome(result, replayed=False)
 
 
 async def _store_statement(
     conn: AsyncConnection,
     batch: LogBatch,
+    inserts: Inserts,
     statement: SignedStatement,
     result: dict[str, Any],
     signer: CheckpointSigner,
@@ -181,7 +183,7 @@ async def _store_statement(
             result=orjson.dumps(result),
         )
     )
-    await batch.flush(conn, signer)
+    await batch.flush(conn, signer, inserts)
 
 
 async def found_federation(
@@ -189,11 +191,11 @@ async def found_federation(
 ) -> None:
     """Append the self-signed genesis statement and the first policy; the log must be empty."""
     verify_statement(genesis, decode_public_key(str(genesis.payload["public_key"])))
-    async with db.appending() as (conn, size):
+    async with db.appending() as (conn, size), Inserts(conn) as inserts:
         batch = LogBatch(start=size)
         await apply_genesis(conn, batch, genesis)
         result = {"statement_id": genesis.id, "type": genesis.type, "leaf_index": batch.start}
-        await _store_statement(conn, batch, genesis, result, signer)
+        await _store_statement(conn, batch, inserts, genesis, result, signer)
     intake = Intake(db, signer)
     governance = Principal(genesis.org, genesis.key_id, frozenset({"admin"}))
     await intake.accept(governance, policy.envelope(), {StatementType.POLICY_SET})

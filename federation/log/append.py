@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from federation.log.checkpoints import CheckpointSigner, record_checkpoint
 from federation.log.tree import MerkleTree
 from federation.protocol.statements import SignedStatement, canonical_json
-from federation.store.bulk import insert_rows
+from federation.store.bulk import Inserts
 from federation.store.schema import LEAF_STATEMENT, LEAF_VERSION, log, log_head
 
 
@@ -69,11 +69,16 @@ class LogBatch:
             )
         self.rows.extend(zip(count(first), repeat(LEAF_VERSION), leaves, visible, strict=False))
 
-    async def flush(self, conn: AsyncConnection, signer: CheckpointSigner) -> str | None:
-        """Write the leaves, extend the Merkle tiles and sign the new checkpoint."""
+    async def flush(
+        self, conn: AsyncConnection, signer: CheckpointSigner, inserts: Inserts
+    ) -> str | None:
+        """Write the leaves, extend the Merkle tiles and sign the new checkpoint.
+
+        The leaves' insert is queued on ``inserts`` (see :class:`Inserts`).
+        """
         if not self.rows:
             return None
-        await insert_rows(conn, log, LOG_COLUMNS, self.rows)
+        await inserts.add(log, LOG_COLUMNS, self.rows)
         await conn.execute(update(log_head).where(log_head.c.id == 1).values(size=self.next_idx))
         root = await MerkleTree(conn).append(self.start, [row[2] for row in self.rows])
         return await record_checkpoint(conn, signer, self.next_idx, root)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from operator import itemgetter
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import orjson
 from sqlalchemy import and_, bindparam, select, update
@@ -49,7 +49,7 @@ from federation.protocol.items import (
 from federation.protocol.problems import HashfedError, Problem
 from federation.protocol.statements import SignedStatement, StatementType, canonical_json
 from federation.protocol.taxonomy import Taxonomy
-from federation.store.bulk import insert_rows
+from federation.store.bulk import Inserts, insert_rows
 from federation.store.db import chunks, one_of
 from federation.store.schema import contributions, disputes, log_head, notifications, records
 
@@ -59,6 +59,10 @@ CONTRIBUTION_WITHDRAWN = "withdrawn"
 UPSERT_CHUNK_ROWS = 2_000
 # Items checked between two hand-backs to the event loop (about 3 ms of work).
 PREPARE_STEP_ITEMS = 500
+# Items applied, or new records encoded, between two hand-backs in a draft.
+DRAFT_STEP_ITEMS = 1_000
+
+T = TypeVar("T")
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -185,9 +189,7 @@ def _choice(raw: dict[str, Any], key: str, choices: Iterable[str]) -> str:
     return str(value)
 
 
-def _each(
-    statement: SignedStatement, parse: Callable[[int, Any], Item]
-) -> Generator[None, None, Prepared]:
+def _each(statement: SignedStatement, parse: Callable[[int, Any], Item]) -> Steps[Prepared]:
     """Parse every item, pausing every :data:`PREPARE_STEP_ITEMS` (see :func:`prepare_async`)."""
     raw_items = _items_of(statement)
     prepared = Prepared(items=[], results=[None] * len(raw_items))
@@ -211,10 +213,7 @@ def _each(
 
 def prepare(statement: SignedStatement, taxonomy: Taxonomy) -> Prepared:
     """Validate a record statement's items (no I/O)."""
-    steps = _prepare_steps(statement, taxonomy)
-    while (prepared := _advance(steps)) is None:
-        pass
-    return prepared
+    return _run(_prepare_steps(statement, taxonomy))
 
 
 async def prepare_async(statement: SignedStatement, taxonomy: Taxonomy) -> Prepared:
@@ -224,26 +223,32 @@ async def prepare_async(statement: SignedStatement, taxonomy: Taxonomy) -> Prepa
     it would hold up the append in progress, which needs the loop at each of
     its database round trips; in steps, that append gets the loop back soon.
     """
-    steps = _prepare_steps(statement, taxonomy)
-    while True:
-        prepared = _advance(steps)
-        if prepared is not None:
-            return prepared
-        await asyncio.sleep(0)  # a pause between steps, not a wait for something
+    return await _run_async(_prepare_steps(statement, taxonomy))
 
 
-def _advance(steps: Generator[None, None, Prepared]) -> Prepared | None:
-    """Run ``steps`` to its next pause; its result once it has finished."""
+Steps = Generator[None, None, T]  # work that pauses (yields) between steps, then returns
+
+
+def _run(steps: Steps[T]) -> T:
+    """Run ``steps`` to the end in one go; their result."""
     try:
-        next(steps)
+        while True:
+            next(steps)
     except StopIteration as done:
-        return cast(Prepared, done.value)
-    return None
+        return cast(T, done.value)
 
 
-def _prepare_steps(
-    statement: SignedStatement, taxonomy: Taxonomy
-) -> Generator[None, None, Prepared]:
+async def _run_async(steps: Steps[T]) -> T:
+    """Run ``steps`` to the end, handing the event loop back between steps; their result."""
+    try:
+        while True:
+            next(steps)
+            await asyncio.sleep(0)  # a pause between steps, not a wait for something
+    except StopIteration as done:
+        return cast(T, done.value)
+
+
+def _prepare_steps(statement: SignedStatement, taxonomy: Taxonomy) -> Steps[Prepared]:
     stype = statement.type
     cache: dict[tuple[str, ...], tuple[str, ...]] = {}
     if stype == StatementType.SUBMISSIONS:
@@ -504,8 +509,12 @@ class Changes:
         of the cost. A record that does not fit the template takes the general
         path, with its fields encoded in :meth:`write`.
         """
-        if self._encoded is not None:
-            return self._encoded
+        if self._encoded is None:
+            self._encoded = _run(self.encode_steps())
+        return self._encoded
+
+    def encode_steps(self) -> Steps[_Encoded]:
+        """:meth:`encode`'s work, pausing every :data:`DRAFT_STEP_ITEMS` new records."""
         cause, now = self.statement.id, self.now
         encoded = _Encoded()
         heads: dict[str, tuple[bytes, str]] = {}  # org -> (leaf up to the index, contributors)
@@ -513,6 +522,8 @@ class Changes:
         types_json: dict[str, str] = {}
         leaf_heads, tails, rows = encoded.heads, encoded.tails, encoded.rows
         for position, r in enumerate(self.new):
+            if position and not position % DRAFT_STEP_ITEMS:
+                yield
             state = _STATE_TEXT[r.state]
             if (
                 r.version != 1 or len(r.contributions) != 1 or r.approvals or r.opinions
@@ -558,7 +569,6 @@ class Changes:
         # B-tree once, left to right, instead of jumping around it.
         rows.sort(key=_first)
         encoded.contributions = [[*c, 0] for c in sorted(self.contributions_added, key=_first)]
-        self._encoded = encoded
         return encoded
 
     def assemble(self, batch: LogBatch) -> tuple[int, list[list[Any]], list[list[Any]]]:
@@ -593,16 +603,19 @@ class Changes:
             contribution[7] = leaf  # updated_idx
         return leaf, encoded.rows, encoded.contributions
 
-    async def write(self, conn: AsyncConnection, batch: LogBatch) -> int | None:
-        """Append the statement and its versions; write records, contributions, inboxes."""
+    async def write(self, conn: AsyncConnection, batch: LogBatch, inserts: Inserts) -> int | None:
+        """Append the statement and its versions; write records, contributions, inboxes.
+
+        The bulk inserts are queued on ``inserts`` (see :class:`Inserts`).
+        """
         if not self.any:
             return None
         leaf, new_rows, new_contributions = self.assemble(batch)
         cause = self.statement.id
-        await insert_rows(conn, records, RECORD_COLUMNS, new_rows)
+        await inserts.add(records, RECORD_COLUMNS, new_rows)
         if self.changed:
             await _update_records(conn, self.changed, self.head_idx, self.now)
-        await insert_rows(conn, contributions, CONTRIBUTION_COLUMNS, new_contributions)
+        await inserts.add(contributions, CONTRIBUTION_COLUMNS, new_contributions)
         if self.contributions_readded:
             await _upsert_contributions(conn, [(*c, leaf) for c in self.contributions_readded])
         if self.contributions_withdrawn:
@@ -708,13 +721,28 @@ def apply_items(
     ``states`` must hold every existing record the statement names and
     ``open_disputes`` the dispute a resolution names; both are updated.
     """
+    return _run(apply_steps(statement, principal, prepared, states, open_disputes, policy, now))
+
+
+def apply_steps(
+    statement: SignedStatement,
+    principal: Principal,
+    prepared: Prepared,
+    states: dict[str, RecordState],
+    open_disputes: dict[str, Dispute],
+    policy: PolicyInForce,
+    now: int,
+) -> Steps[Changes]:
+    """:func:`apply_items`, pausing every :data:`DRAFT_STEP_ITEMS` items."""
     changes = Changes(statement, now, prepared.results)
     stype = StatementType(statement.type)
     if stype == StatementType.DISPUTE_RESOLVE:
         _resolve(changes, principal, prepared, states, open_disputes, policy)
         return changes
     handler = _HANDLERS[stype]
-    for item in prepared.items:
+    for position, item in enumerate(prepared.items):
+        if position and not position % DRAFT_STEP_ITEMS:
+            yield
         try:
             handler(changes, principal, item, states, open_disputes, policy)
         except HashfedError as err:
@@ -770,8 +798,10 @@ async def draft_record_statement(
     states = await load_states(conn, ids)
     # The draft's own results list: a statement applied again starts from the prepared one.
     mine = Prepared(prepared.items, list(prepared.results), prepared.extra)
-    changes = apply_items(statement, principal, mine, states, {}, policy, int(time.time()))
-    changes.encode()
+    # In steps: the event loop serves the append in progress between them.
+    now = int(time.time())
+    changes = await _run_async(apply_steps(statement, principal, mine, states, {}, policy, now))
+    changes._encoded = await _run_async(changes.encode_steps())
     return Draft(int(size), ids, policy.version, changes)
 
 
@@ -790,6 +820,7 @@ async def touched_since(conn: AsyncConnection, size: int, ids: Sequence[str]) ->
 async def apply_record_statement(
     conn: AsyncConnection,
     batch: LogBatch,
+    inserts: Inserts,
     statement: SignedStatement,
     principal: Principal,
     prepared: Prepared,
@@ -818,7 +849,7 @@ async def apply_record_statement(
         states = await load_states(conn, ids)
         now = int(time.time())
         changes = apply_items(statement, principal, prepared, states, found, policy, now)
-    leaf = await changes.write(conn, batch)
+    leaf = await changes.write(conn, batch, inserts)
     summary = changes.summary()
     summary["leaf_index"] = leaf
     return summary

@@ -8,9 +8,11 @@ driver's ``executemany`` with plain tuples.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Sequence
 from itertools import chain
+from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Table, insert
@@ -67,6 +69,75 @@ async def insert_rows(
         sql = _compiled_multirow(conn.dialect, table, columns, size)
         await conn.exec_driver_sql(sql, tuple(chain.from_iterable(rows[start : start + size])))
         start += size
+
+
+class Inserts:
+    """Bulk INSERTs queued on SQLite's database thread, awaited together.
+
+    Each ``await`` of a statement is a round trip through the event loop: the
+    database thread finishes the statement, then waits for the loop to hand
+    it the next one. When the loop is busy with other requests, those waits
+    add up, inside the append lock. On SQLite, :meth:`add` queues every
+    statement of a bulk insert on the connection's thread at once and returns
+    as soon as they are queued, in order: the thread runs them back to back,
+    and anything the caller executes afterwards on the connection (through
+    SQLAlchemy or not) runs after them and sees their rows. On PostgreSQL it
+    inserts at once (asyncpg runs one operation at a time on a connection).
+
+    Leave the ``async with`` block before the transaction commits: it waits
+    for every queued statement and raises the first error, so a failed
+    insert fails the transaction. If the block itself raises, the statements
+    still finish (their errors dropped) before the exception goes on to roll
+    the transaction back.
+    """
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self._queued: list[asyncio.Future[Any]] = []
+
+    async def __aenter__(self) -> Inserts:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self.wait()
+            return
+        queued, self._queued = self._queued, []
+        await asyncio.gather(*queued, return_exceptions=True)
+
+    async def add(
+        self, table: Table, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Queue the INSERT of ``rows`` (in ``columns`` order) into ``table``."""
+        if not rows:
+            return
+        if self.conn.dialect.name != "sqlite":
+            await insert_rows(self.conn, table, columns, rows)
+            return
+        raw = await self.conn.get_raw_connection()
+        driver: Any = raw.driver_connection  # aiosqlite: one thread, one FIFO queue
+        start = 0
+        for size in _parts(len(rows)):
+            sql = _compiled_multirow(self.conn.dialect, table, columns, size)
+            params = tuple(chain.from_iterable(rows[start : start + size]))
+            self._queued.append(asyncio.ensure_future(driver.execute_fetchall(sql, params)))
+            start += size
+        # Each task queues its statement on the driver's thread in its first
+        # step, and tasks take their first steps in the order they were created,
+        # before this coroutine resumes: from here on, the statements are queued.
+        await asyncio.sleep(0)
+
+    async def wait(self) -> None:
+        """Wait for every queued statement; raises the first one's error, if any failed."""
+        queued, self._queued = self._queued, []
+        for result in await asyncio.gather(*queued, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
 
 
 def _parts(count: int) -> list[int]:

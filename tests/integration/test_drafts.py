@@ -57,7 +57,7 @@ def between_draft_and_lock(
 ) -> list[int]:
     """Run ``meanwhile`` once, right after the next draft is made; count applications."""
     applied: list[int] = []
-    draft, apply_items = ingest.draft_record_statement, ingest.apply_items
+    draft, apply_steps = ingest.draft_record_statement, ingest.apply_steps
     pending = [meanwhile]
 
     async def drafted(*args: Any, **kwargs: Any) -> Any:
@@ -68,10 +68,10 @@ def between_draft_and_lock(
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         applied.append(1)
-        return apply_items(*args, **kwargs)
+        return apply_steps(*args, **kwargs)
 
     monkeypatch.setattr(intake_module, "draft_record_statement", drafted)
-    monkeypatch.setattr(ingest, "apply_items", counted)
+    monkeypatch.setattr(ingest, "apply_steps", counted)
     return applied
 
 

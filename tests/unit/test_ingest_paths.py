@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,10 +20,11 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, select
+from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from federation.governance.policy import DEFAULT_POLICY, PolicyDocument, policy_from_document
@@ -42,7 +44,7 @@ from federation.records.ingest import (
     prepare,
     prepare_async,
 )
-from federation.store.bulk import SQLITE_ROWS_PER_INSERT, _parts, insert_rows
+from federation.store.bulk import SQLITE_ROWS_PER_INSERT, Inserts, _parts, insert_rows
 
 KEY = generate_private_key()
 KID = key_id(KEY.public_key())
@@ -292,3 +294,52 @@ def test_any_row_count_needs_at_most_eleven_distinct_statements() -> None:
         assert sum(parts) == count
         sizes.update(parts)
     assert len(sizes) <= 11 and max(sizes) == SQLITE_ROWS_PER_INSERT
+
+
+def _probe_table() -> Table:
+    return Table(
+        "queued_probe",
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("name", String(40), nullable=False),
+    )
+
+
+async def test_queued_inserts_run_in_order_before_what_follows(database_url: str) -> None:
+    """What runs after add() on the connection, through SQLAlchemy, sees the queued rows."""
+    table = _probe_table()
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn, Inserts(conn) as inserts:
+            await conn.run_sync(table.metadata.create_all)  # a probe table, not the schema
+            await inserts.add(table, ("id", "name"), [(i, f"a{i}") for i in range(2_345)])
+            counted = (await conn.execute(select(func.count()).select_from(table))).scalar_one()
+            await inserts.add(table, ("id", "name"), [(i, f"b{i}") for i in range(2_345, 3_000)])
+            await conn.execute(table.update().where(table.c.id == 2_999).values(name="last"))
+        async with engine.connect() as conn:
+            rows = [tuple(r) for r in await conn.execute(select(table).order_by(table.c.id))]
+        assert counted == 2_345
+        assert len(rows) == 3_000 and rows[0] == (0, "a0") and rows[-1] == (2_999, "last")
+    finally:
+        await engine.dispose()
+
+
+async def test_a_failed_queued_insert_fails_the_transaction_and_writes_nothing(
+    database_url: str,
+) -> None:
+    table = _probe_table()
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(table.metadata.create_all)
+        # The driver's own error: the rows go to the driver, not through SQLAlchemy.
+        with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
+            async with engine.begin() as conn, Inserts(conn) as inserts:
+                await conn.execute(select(1))
+                await inserts.add(table, ("id", "name"), [(i, "x") for i in range(1_500)])
+                await inserts.add(table, ("id", "name"), [(1_499, "again")])  # a repeated key
+                await inserts.add(table, ("id", "name"), [(i, "y") for i in range(1_500, 2_000)])
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(table))).scalar_one() == 0
+    finally:
+        await engine.dispose()
