@@ -130,8 +130,7 @@ class Intake:
         prepared = await self.checker.prepare(statement, policy.taxonomy) if is_record else None
         draft = None
         if prepared is not None:
-            async with self.db.reading() as conn:
-                draft = await draft_record_statement(conn, statement, principal, prepared, policy)
+            draft = await draft_record_statement(self.db, statement, principal, prepared, policy)
 
         async with self.db.appending() as (conn, size), Inserts(conn) as inserts:
             stored = await self._stored_result(conn, statement.id)

@@ -50,7 +50,7 @@ from federation.protocol.problems import HashfedError, Problem
 from federation.protocol.statements import SignedStatement, StatementType, canonical_json
 from federation.protocol.taxonomy import Taxonomy
 from federation.store.bulk import Inserts, insert_rows
-from federation.store.db import chunks, one_of
+from federation.store.db import Database, chunks, one_of
 from federation.store.schema import contributions, disputes, log_head, notifications, records
 
 CONTRIBUTION_ACTIVE = "active"
@@ -420,15 +420,17 @@ class _Encoded:
     """What :meth:`Changes.encode` makes of the new records.
 
     Per new record, in the statement's order: the template leaf's bytes before
-    (``heads``) and after (``tails``) its log index, and whether consumers see
-    it (``visible``); a record encoded the general way has empty bytes there
-    and its version fields in ``general``, by position. ``rows``: the records'
+    its log index (``heads``), between it and the time (``mids``) and after
+    the time (``tails``), and whether consumers see it (``visible``); a record
+    encoded the general way has empty bytes there and its version fields in
+    ``general``, by position. ``rows``: the records'
     rows in id order, ``head_idx`` holding the record's position until
     :meth:`Changes.assemble` makes it its log index. ``contributions``: the new
     contributions' rows in key order, ``updated_idx`` filled in by assemble too.
     """
 
     heads: list[bytes] = field(default_factory=list)
+    mids: list[bytes] = field(default_factory=list)
     tails: list[bytes] = field(default_factory=list)
     visible: list[bool] = field(default_factory=list)
     general: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -458,6 +460,7 @@ class Changes:
     # A dispute vote short of quorum changes no record but must be in the log.
     log_anyway: bool = False
     _encoded: _Encoded | None = field(default=None, repr=False)
+    _assembled: bool = field(default=False, repr=False)
 
     def accept(self, item: Item, record: RecordState, *, new: bool = False) -> None:
         (self.new if new else self.changed).append(record)
@@ -520,7 +523,7 @@ class Changes:
         heads: dict[str, tuple[bytes, str]] = {}  # org -> (leaf up to the index, contributors)
         labels_json: dict[tuple[str, ...], str] = {}
         types_json: dict[str, str] = {}
-        leaf_heads, tails, rows = encoded.heads, encoded.tails, encoded.rows
+        leaf_heads, mids, tails, rows = encoded.heads, encoded.mids, encoded.tails, encoded.rows
         for position, r in enumerate(self.new):
             if position and not position % DRAFT_STEP_ITEMS:
                 yield
@@ -531,6 +534,7 @@ class Changes:
             ):  # fmt: skip
                 encoded.general[position] = r.version_fields(cause, now)
                 leaf_heads.append(b"")
+                mids.append(b"")
                 tails.append(b"")
                 rows.append(
                     [r.id, r.signal_type, r.value, state, _json_list(r.labels),
@@ -555,11 +559,11 @@ class Changes:
                 tj = types_json[r.signal_type] = _dumps(r.signal_type)
             leaf_heads.append(head[0])
             # The record id is 32 hex digits (record_id()); the value may need escaping.
-            tails.append(
+            mids.append(
                 f',"kind":"version","labels":{lj},"opinions":{{}},"record":"{r.id}",'
-                f'"signal_type":{tj},"state":"{state}","time":{now},'
-                f'"value":{_quoted(r.value)},"version":1}}'.encode()
+                f'"signal_type":{tj},"state":"{state}","time":'.encode()
             )
+            tails.append(f',"value":{_quoted(r.value)},"version":1}}'.encode())
             rows.append(
                 [r.id, r.signal_type, r.value, state, lj, head[1], 1, r.published, position, now,
                  now, "{}"]
@@ -576,19 +580,28 @@ class Changes:
 
         Returns the statement's log index, the rows of new records and of new
         contributions (each in key order). Pure: :meth:`write` inserts them.
-        Call it once: it fills the log indices into :meth:`encode`'s rows.
+        It fills the log indices and the time (:attr:`now`, which a kept draft
+        sets when it is appended) into :meth:`encode`'s leaves and rows, once:
+        a second call raises ``RuntimeError``.
         """
+        if self._assembled:
+            raise RuntimeError("Changes.assemble() has already numbered these changes")
+        self._assembled = True
         encoded = self.encode()
         cause, now = self.statement.id, self.now
         leaf = batch.add_statement(self.statement)
         first = batch.next_idx
         leaves = [
-            b"%b%d%b" % (head, idx, tail)
-            for idx, head, tail in zip(count(first), encoded.heads, encoded.tails, strict=False)
+            b"%b%d%b%d%b" % (head, idx, mid, now, tail)
+            for idx, head, mid, tail in zip(
+                count(first), encoded.heads, encoded.mids, encoded.tails, strict=False
+            )
         ]
         for position, fields in encoded.general.items():
             idx = first + position
-            leaves[position] = canonical_json({**fields, "kind": "version", "index": idx})
+            leaves[position] = canonical_json(
+                {**fields, "kind": "version", "index": idx, "time": now}
+            )
         batch.add_version_leaves(first, leaves, encoded.visible)
         if self.notices:  # what they need of new records' log indices
             ids = (r.id for r in self.new)
@@ -599,6 +612,7 @@ class Changes:
             )
         for row in encoded.rows:
             row[8] += first  # head_idx: the record's position among the new ones, until now
+            row[9] = row[10] = now  # created_at, updated_at
         for contribution in encoded.contributions:
             contribution[7] = leaf  # updated_idx
         return leaf, encoded.rows, encoded.contributions
@@ -778,7 +792,7 @@ class Draft:
 
 
 async def draft_record_statement(
-    conn: AsyncConnection,
+    db: Database,
     statement: SignedStatement,
     principal: Principal,
     prepared: Prepared,
@@ -789,13 +803,15 @@ async def draft_record_statement(
     Loading the records, applying the rules and encoding the leaves and rows
     is most of the work of a big statement; done here, the append lock is
     held only to check that nothing changed, number the leaves and write.
-    Returns None for statements that are not drafted (:data:`DRAFTED_TYPES`).
+    The database connection is held for the reads only. Returns None for
+    statements that are not drafted (:data:`DRAFTED_TYPES`).
     """
     if statement.type not in DRAFTED_TYPES:
         return None
-    size = (await conn.execute(select(log_head.c.size).where(log_head.c.id == 1))).scalar_one()
     ids = [item.record_id for item in prepared.items]
-    states = await load_states(conn, ids)
+    async with db.reading() as conn:
+        size = (await conn.execute(select(log_head.c.size).where(log_head.c.id == 1))).scalar_one()
+        states = await load_states(conn, ids)
     # The draft's own results list: a statement applied again starts from the prepared one.
     mine = Prepared(prepared.items, list(prepared.results), prepared.extra)
     # In steps: the event loop serves the append in progress between them.
@@ -838,6 +854,7 @@ async def apply_record_statement(
         and (draft.size == batch.start or not await touched_since(conn, draft.size, draft.ids))
     ):
         changes = draft.changes
+        changes.now = int(time.time())  # the time of the append, as for a statement applied here
     else:
         found: dict[str, Dispute] = {}
         if statement.type == StatementType.DISPUTE_RESOLVE:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Sequence
 from itertools import chain
 from types import TracebackType
@@ -18,6 +19,8 @@ from typing import Any
 from sqlalchemy import Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+log = logging.getLogger("hashfed.store")
 
 # Rows per multi-row INSERT on SQLite: one statement step inserts them all.
 # SQLite allows 32,766 bound parameters; the widest table here has 12 columns.
@@ -108,7 +111,9 @@ class Inserts:
             await self.wait()
             return
         queued, self._queued = self._queued, []
-        await asyncio.gather(*queued, return_exceptions=True)
+        for result in await asyncio.gather(*queued, return_exceptions=True):
+            if isinstance(result, BaseException):  # the block's own error goes on; say this one
+                log.warning("a queued insert failed while its transaction was failing: %r", result)
 
     async def add(
         self, table: Table, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]

@@ -10,8 +10,10 @@ that gap, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import select
 
@@ -169,3 +171,27 @@ async def test_a_withdrawal_drafted_before_a_resubmission_sees_the_record_as_it_
             )
         ).one()
     assert (row.state, row.version, row.contributors) == ("approved", 3, '["beta"]')
+
+
+async def test_a_kept_draft_takes_the_time_of_its_append(
+    fed: Federation, intake: Intake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leaf times never go back in log order, though a draft is made before the lock."""
+    alpha, beta = await fed.admit("alpha"), await fed.admit("beta")
+    clock = iter(range(1_800_000_000, 1_800_100_000, 10))  # each reading 10 s after the last
+    monkeypatch.setattr(ingest, "time", SimpleNamespace(time=lambda: next(clock)))
+
+    async def alpha_appends() -> None:
+        await intake.accept(principal(alpha), submissions(alpha, md5(20)).envelope(), SUBMISSIONS)
+
+    applied = between_draft_and_lock(monkeypatch, alpha_appends)
+    await intake.accept(principal(beta), submissions(beta, md5(21)).envelope(), SUBMISSIONS)
+
+    assert len(applied) == 2  # beta's draft was kept
+    async with fed.db.reading() as conn:
+        query = select(log.c.leaf).where(log.c.kind == LEAF_VERSION).order_by(log.c.idx)
+        times = [orjson.loads(leaf)["time"] for leaf in (await conn.execute(query)).scalars()]
+        rows = await conn.execute(select(records.c.id, records.c.created_at))
+        created = {row.id: row.created_at for row in rows}
+    assert len(times) == 2 and times[0] < times[1]
+    assert created[record_id("md5", md5(21))] == times[1]

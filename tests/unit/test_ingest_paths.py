@@ -343,3 +343,13 @@ async def test_a_failed_queued_insert_fails_the_transaction_and_writes_nothing(
             assert (await conn.execute(select(func.count()).select_from(table))).scalar_one() == 0
     finally:
         await engine.dispose()
+
+
+def test_changes_are_numbered_once() -> None:
+    signed = statement([{"signal_type": "md5", "value": md5(5), "labels": ["recruitment"]}])
+    who = Principal("acme", KID, frozenset({"contributor"}))
+    changes = apply_items(signed, who, prepare(signed, DEFAULT_POLICY.taxonomy), {}, {},
+                          DEFAULT_POLICY, NOW)  # fmt: skip
+    changes.assemble(LogBatch(start=0))
+    with pytest.raises(RuntimeError, match="already numbered"):
+        changes.assemble(LogBatch(start=0))
