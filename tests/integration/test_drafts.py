@@ -195,3 +195,25 @@ async def test_a_kept_draft_takes_the_time_of_its_append(
         created = {row.id: row.created_at for row in rows}
     assert len(times) == 2 and times[0] < times[1]
     assert created[record_id("md5", md5(21))] == times[1]
+
+
+async def test_a_draft_made_under_an_older_policy_is_applied_again(
+    fed: Federation, intake: Intake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    beta = await fed.admit("beta")
+
+    async def review_turned_on() -> None:
+        async with fed.client(fed.governance) as governance:
+            await governance.update_policy(auto_approve=False)
+
+    applied = between_draft_and_lock(monkeypatch, review_turned_on)
+    # Beta's draft approved the record at once (auto-approve); the policy in
+    # force when it is appended holds it for review.
+    await intake.accept(principal(beta), submissions(beta, md5(30)).envelope(), SUBMISSIONS)
+
+    assert len(applied) == 2  # the draft, then the statement applied again under the new policy
+    async with fed.db.reading() as conn:
+        state = await conn.scalar(
+            select(records.c.state).where(records.c.id == record_id("md5", md5(30)))
+        )
+    assert state == "pending"
