@@ -36,6 +36,7 @@ from federation.governance.rules import (
 )
 from federation.identities.service import Principal
 from federation.log.append import LogBatch
+from federation.log.feed import log_size
 from federation.protocol.items import (
     MAX_ITEMS_PER_STATEMENT,
     MAX_NOTE_CHARS,
@@ -51,7 +52,7 @@ from federation.protocol.statements import SignedStatement, StatementType, canon
 from federation.protocol.taxonomy import Taxonomy
 from federation.store.bulk import Inserts, insert_rows
 from federation.store.db import Database, chunks, one_of
-from federation.store.schema import contributions, disputes, log_head, notifications, records
+from federation.store.schema import contributions, disputes, notifications, records
 
 CONTRIBUTION_ACTIVE = "active"
 CONTRIBUTION_WITHDRAWN = "withdrawn"
@@ -513,11 +514,16 @@ class Changes:
         path, with its fields encoded in :meth:`write`.
         """
         if self._encoded is None:
-            self._encoded = _run(self.encode_steps())
+            self._encoded = _run(self._encode_steps())
         return self._encoded
 
-    def encode_steps(self) -> Steps[_Encoded]:
-        """:meth:`encode`'s work, pausing every :data:`DRAFT_STEP_ITEMS` new records."""
+    async def encode_async(self) -> _Encoded:
+        """:meth:`encode`, handing the event loop back every :data:`DRAFT_STEP_ITEMS` records."""
+        if self._encoded is None:
+            self._encoded = await _run_async(self._encode_steps())
+        return self._encoded
+
+    def _encode_steps(self) -> Steps[_Encoded]:
         cause, now = self.statement.id, self.now
         encoded = _Encoded()
         heads: dict[str, tuple[bytes, str]] = {}  # org -> (leaf up to the index, contributors)
@@ -810,15 +816,15 @@ async def draft_record_statement(
         return None
     ids = [item.record_id for item in prepared.items]
     async with db.reading() as conn:
-        size = (await conn.execute(select(log_head.c.size).where(log_head.c.id == 1))).scalar_one()
+        size = await log_size(conn)
         states = await load_states(conn, ids)
     # The draft's own results list: a statement applied again starts from the prepared one.
     mine = Prepared(prepared.items, list(prepared.results), prepared.extra)
     # In steps: the event loop serves the append in progress between them.
     now = int(time.time())
     changes = await _run_async(apply_steps(statement, principal, mine, states, {}, policy, now))
-    changes._encoded = await _run_async(changes.encode_steps())
-    return Draft(int(size), ids, policy.version, changes)
+    await changes.encode_async()
+    return Draft(size, ids, policy.version, changes)
 
 
 async def touched_since(conn: AsyncConnection, size: int, ids: Sequence[str]) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from types import TracebackType
 from typing import Any
@@ -67,11 +67,8 @@ async def insert_rows(
     # thread take turns. One step per thousand rows lets them run side by side.
     # The rest goes in power-of-two parts, so that a table has at most eleven
     # distinct statements to compile and cache, whatever the batch sizes.
-    start = 0
-    for size in _parts(len(rows)):
-        sql = _compiled_multirow(conn.dialect, table, columns, size)
-        await conn.exec_driver_sql(sql, tuple(chain.from_iterable(rows[start : start + size])))
-        start += size
+    for sql, params in _multirow_statements(conn.dialect, table, columns, rows):
+        await conn.exec_driver_sql(sql, params)
 
 
 class Inserts:
@@ -126,12 +123,8 @@ class Inserts:
             return
         raw = await self.conn.get_raw_connection()
         driver: Any = raw.driver_connection  # aiosqlite: one thread, one FIFO queue
-        start = 0
-        for size in _parts(len(rows)):
-            sql = _compiled_multirow(self.conn.dialect, table, columns, size)
-            params = tuple(chain.from_iterable(rows[start : start + size]))
+        for sql, params in _multirow_statements(self.conn.dialect, table, columns, rows):
             self._queued.append(asyncio.ensure_future(driver.execute_fetchall(sql, params)))
-            start += size
         # Each task queues its statement on the driver's thread in its first
         # step, and tasks take their first steps in the order they were created,
         # before this coroutine resumes: from here on, the statements are queued.
@@ -143,6 +136,19 @@ class Inserts:
         for result in await asyncio.gather(*queued, return_exceptions=True):
             if isinstance(result, BaseException):
                 raise result
+
+
+def _multirow_statements(
+    dialect: Dialect, table: Table, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """The multi-row INSERTs of ``rows`` on SQLite, in order: (SQL, flat parameters) each."""
+    start = 0
+    for size in _parts(len(rows)):
+        yield (
+            _compiled_multirow(dialect, table, columns, size),
+            tuple(chain.from_iterable(rows[start : start + size])),
+        )
+        start += size
 
 
 def _parts(count: int) -> list[int]:
