@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from federation.governance.policy import apply_policy_set, current_policy
@@ -62,6 +62,8 @@ class Outcome:
     result: dict[str, Any]
     replayed: bool
 
+
+STATEMENT_COLUMNS = ("id", "type", "org_id", "key_id", "leaf_idx", "received_at", "result")
 
 RECORD_TYPES = frozenset(
     {
@@ -139,6 +141,7 @@ class Intake:
             # The key may have been revoked while we verified: decide in log order.
             check_key_usable(await load_key(conn, statement.key_id), statement.key_id)
             batch = LogBatch(start=size)
+            await batch.begin(conn)
             if is_record:
                 in_force = await current_policy(conn)
                 if in_force.version != policy.version:  # the taxonomy may have changed
@@ -171,17 +174,16 @@ async def _store_statement(
     signer: CheckpointSigner,
 ) -> None:
     """Write the statement row (with the result a repeat will get) and its leaves."""
-    await conn.execute(
-        insert(statements).values(
-            id=statement.id,
-            type=statement.type,
-            org_id=statement.org,
-            key_id=statement.key_id,
-            leaf_idx=batch.start,
-            received_at=int(time.time()),
-            result=orjson.dumps(result),
-        )
+    row = (
+        statement.id,
+        statement.type,
+        statement.org,
+        statement.key_id,
+        batch.start,
+        int(time.time()),
+        orjson.dumps(result),
     )
+    await inserts.add(statements, STATEMENT_COLUMNS, [row])
     await batch.flush(conn, signer, inserts)
 
 
@@ -192,6 +194,7 @@ async def found_federation(
     verify_statement(genesis, decode_public_key(str(genesis.payload["public_key"])))
     async with db.appending() as (conn, size), Inserts(conn) as inserts:
         batch = LogBatch(start=size)
+        await batch.begin(conn)
         await apply_genesis(conn, batch, genesis)
         result = {"statement_id": genesis.id, "type": genesis.type, "leaf_index": batch.start}
         await _store_statement(conn, batch, inserts, genesis, result, signer)

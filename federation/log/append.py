@@ -38,6 +38,7 @@ class LogBatch:
 
     start: int
     rows: list[tuple[int, int, bytes, bool]] = field(default_factory=list)  # LOG_COLUMNS
+    _tree: MerkleTree | None = field(default=None, repr=False)
 
     @property
     def next_idx(self) -> int:
@@ -69,16 +70,34 @@ class LogBatch:
             )
         self.rows.extend(zip(count(first), repeat(LEAF_VERSION), leaves, visible, strict=False))
 
+    async def begin(self, conn: AsyncConnection) -> None:
+        """Read what :meth:`flush` needs of the Merkle tree: its edge tiles at :attr:`start`.
+
+        Call it first in the transaction. A read on a connection waits for the
+        inserts queued before it (see :class:`Inserts`); read now, the tiles
+        are at hand when :meth:`flush` computes the new ones, which it does
+        while the database thread is still inserting.
+        """
+        self._tree = MerkleTree(conn)
+        await self._tree.load_edges(self.start)
+
     async def flush(
         self, conn: AsyncConnection, signer: CheckpointSigner, inserts: Inserts
     ) -> str | None:
         """Write the leaves, extend the Merkle tiles and sign the new checkpoint.
 
-        The leaves' insert is queued on ``inserts`` (see :class:`Inserts`).
+        The leaves' insert is queued on ``inserts`` (see :class:`Inserts`);
+        the leaf hashes and tiles are computed while it and the inserts queued
+        before it run.
         """
         if not self.rows:
             return None
         await inserts.add(log, LOG_COLUMNS, self.rows)
+        tree = self._tree
+        if tree is None or tree.conn is not conn:
+            tree = MerkleTree(conn)
+            await tree.load_edges(self.start)
+        changed, root = tree.extend(self.start, [row[2] for row in self.rows])
         await conn.execute(update(log_head).where(log_head.c.id == 1).values(size=self.next_idx))
-        root = await MerkleTree(conn).append(self.start, [row[2] for row in self.rows])
+        await tree.write(changed)
         return await record_checkpoint(conn, signer, self.next_idx, root)

@@ -137,6 +137,7 @@ class MerkleTree:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
         self._tiles: dict[TileKey, bytes] = {}
+        self._edges: frozenset[TileKey] = frozenset()  # the stored edge tiles load_edges read
 
     async def _load(self, keys: Iterable[TileKey]) -> None:
         missing = [k for k in keys if k not in self._tiles]
@@ -156,26 +157,50 @@ class MerkleTree:
         """Add ``leaves`` (their bytes) after ``size`` leaves; returns the new root."""
         if not leaves:
             return await self.root(size)
-        edges = edge_tile_keys(size)
-        await self._load(edges)
-        existing = {k for k in edges if k in self._tiles}
+        await self.load_edges(size)
+        changed, root = self.extend(size, leaves)
+        await self.write(changed)
+        return root
+
+    async def load_edges(self, size: int) -> None:
+        """Read the partial tiles at the right edge of the tree of ``size`` leaves.
+
+        That is all :meth:`extend` reads: an appender loads them first, then
+        computes the new tiles while its other writes are under way.
+        """
+        keys = edge_tile_keys(size)
+        await self._load(keys)
+        self._edges = frozenset(k for k in keys if k in self._tiles)
+
+    def extend(self, size: int, leaves: Sequence[bytes]) -> tuple[dict[TileKey, bytes], bytes]:
+        """The tiles ``leaves`` change and the new root, from the edges :meth:`load_edges` read.
+
+        Pure computation on what is loaded; the tiles are kept for the root
+        and written by :meth:`write`.
+        """
         changed = extend_tiles(size, self._tiles, [leaf_hash(leaf) for leaf in leaves])
-        inserts = [
-            {"level": lv, "idx": ix, "hashes": data}
-            for (lv, ix), data in changed.items()
-            if (lv, ix) not in existing
-        ]
+        self._tiles.update(changed)
+        new_size = size + len(leaves)
+        # The root's pieces all lie in the new size's edge tiles: tiles that grew
+        # here, or edges of ``size`` that did not (see load_edges).
+        subtree_hash = subtree_hash_from(self._tile)
+        pieces = aligned_pieces(0, new_size)
+        return changed, CompactRange(new_size, [subtree_hash(a, b) for a, b in pieces]).root()
+
+    async def write(self, changed: Mapping[TileKey, bytes]) -> None:
+        """Store the tiles :meth:`extend` returned: the edges it grew, and new ones."""
+        inserts = []
         for (lv, ix), data in changed.items():
-            if (lv, ix) in existing:
+            if (lv, ix) in self._edges:
                 await self.conn.execute(
                     update(tiles)
                     .where(and_(tiles.c.level == lv, tiles.c.idx == ix))
                     .values(hashes=data)
                 )
+            else:
+                inserts.append({"level": lv, "idx": ix, "hashes": data})
         if inserts:
             await self.conn.execute(insert(tiles), inserts)
-        self._tiles.update(changed)
-        return await self.root(size + len(leaves))
 
     async def root(self, size: int) -> bytes:
         """The root hash of the first ``size`` leaves."""

@@ -426,8 +426,8 @@ class _Encoded:
     encoded the general way has empty bytes there and its version fields in
     ``general``, by position. ``rows``: the records'
     rows in id order, ``head_idx`` holding the record's position until
-    :meth:`Changes.assemble` makes it its log index. ``contributions``: the new
-    contributions' rows in key order, ``updated_idx`` filled in by assemble too.
+    :meth:`Changes.number` makes it its log index. ``contributions``: the new
+    contributions' rows in key order, ``updated_idx`` filled in by number too.
     """
 
     heads: list[bytes] = field(default_factory=list)
@@ -461,7 +461,7 @@ class Changes:
     # A dispute vote short of quorum changes no record but must be in the log.
     log_anyway: bool = False
     _encoded: _Encoded | None = field(default=None, repr=False)
-    _assembled: bool = field(default=False, repr=False)
+    _numbered: int | None = field(default=None, repr=False)  # the statement's log index
 
     def accept(self, item: Item, record: RecordState, *, new: bool = False) -> None:
         (self.new if new else self.changed).append(record)
@@ -584,18 +584,50 @@ class Changes:
     def assemble(self, batch: LogBatch) -> tuple[int, list[list[Any]], list[list[Any]]]:
         """Append the statement's leaf and its versions' to ``batch``; the rows to insert.
 
-        Returns the statement's log index, the rows of new records and of new
-        contributions (each in key order). Pure: :meth:`write` inserts them.
-        It fills the log indices and the time (:attr:`now`, which a kept draft
-        sets when it is appended) into :meth:`encode`'s leaves and rows, once:
-        a second call raises ``RuntimeError``.
+        :meth:`number`, then :meth:`add_leaves`: returns the statement's log
+        index, the rows of new records and of new contributions (each in key
+        order). Pure: :meth:`write` inserts them.
         """
-        if self._assembled:
-            raise RuntimeError("Changes.assemble() has already numbered these changes")
-        self._assembled = True
+        numbered = self.number(batch)
+        self.add_leaves(batch)
+        return numbered
+
+    def number(self, batch: LogBatch) -> tuple[int, list[list[Any]], list[list[Any]]]:
+        """Fill the log indices and the time into the rows of :meth:`encode`; nothing is logged.
+
+        The statement's leaf will be the next in ``batch`` and the new records'
+        versions follow it, so the rows can be numbered, and their inserts
+        started, before :meth:`add_leaves` builds the leaves themselves. Returns
+        the statement's log index and the rows of new records and of new
+        contributions (each in key order). Numbers once: a second call raises
+        ``RuntimeError``. The time is :attr:`now` (a kept draft sets it when it
+        is appended).
+        """
+        if self._numbered is not None:
+            raise RuntimeError("Changes.number() has already numbered these changes")
         encoded = self.encode()
+        leaf = batch.next_idx
+        first, now = leaf + 1, self.now
+        self._numbered = leaf
+        for row in encoded.rows:
+            row[8] += first  # head_idx: the record's position among the new ones, until now
+            row[9] = row[10] = now  # created_at, updated_at
+        for contribution in encoded.contributions:
+            contribution[7] = leaf  # updated_idx
+        return leaf, encoded.rows, encoded.contributions
+
+    def add_leaves(self, batch: LogBatch) -> None:
+        """Append the leaves of the statement and its versions at the indices :meth:`number` gave.
+
+        Also notes each changed record's new log index in :attr:`head_idx`.
+        """
+        leaf, encoded = self._numbered, self.encode()
+        if leaf is None or leaf != batch.next_idx:
+            raise RuntimeError(
+                f"leaves for index {leaf} cannot go at {batch.next_idx}: number() them first"
+            )
         cause, now = self.statement.id, self.now
-        leaf = batch.add_statement(self.statement)
+        batch.add_statement(self.statement)
         first = batch.next_idx
         leaves = [
             b"%b%d%b%d%b" % (head, idx, mid, now, tail)
@@ -616,26 +648,23 @@ class Changes:
             self.head_idx[record.id] = batch.add_version(
                 record.version_fields(cause, now), visible=record.visible
             )
-        for row in encoded.rows:
-            row[8] += first  # head_idx: the record's position among the new ones, until now
-            row[9] = row[10] = now  # created_at, updated_at
-        for contribution in encoded.contributions:
-            contribution[7] = leaf  # updated_idx
-        return leaf, encoded.rows, encoded.contributions
 
     async def write(self, conn: AsyncConnection, batch: LogBatch, inserts: Inserts) -> int | None:
         """Append the statement and its versions; write records, contributions, inboxes.
 
-        The bulk inserts are queued on ``inserts`` (see :class:`Inserts`).
+        The bulk inserts are queued on ``inserts`` (see :class:`Inserts`) as
+        soon as their rows are numbered, so that the database thread inserts
+        them while this thread builds the leaves.
         """
         if not self.any:
             return None
-        leaf, new_rows, new_contributions = self.assemble(batch)
-        cause = self.statement.id
+        leaf, new_rows, new_contributions = self.number(batch)
         await inserts.add(records, RECORD_COLUMNS, new_rows)
+        await inserts.add(contributions, CONTRIBUTION_COLUMNS, new_contributions)
+        self.add_leaves(batch)
+        cause = self.statement.id
         if self.changed:
             await _update_records(conn, self.changed, self.head_idx, self.now)
-        await inserts.add(contributions, CONTRIBUTION_COLUMNS, new_contributions)
         if self.contributions_readded:
             await _upsert_contributions(conn, [(*c, leaf) for c in self.contributions_readded])
         if self.contributions_withdrawn:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -353,3 +354,24 @@ def test_changes_are_numbered_once() -> None:
     changes.assemble(LogBatch(start=0))
     with pytest.raises(RuntimeError, match="already numbered"):
         changes.assemble(LogBatch(start=0))
+
+
+def test_leaves_go_where_they_were_numbered() -> None:
+    """Changes.write numbers the rows, starts their inserts, then builds the leaves."""
+    signed = statement([{"signal_type": "md5", "value": md5(6), "labels": ["recruitment"]}])
+    who = Principal("acme", KID, frozenset({"contributor"}))
+    changes = apply_items(signed, who, prepare(signed, DEFAULT_POLICY.taxonomy), {}, {},
+                          DEFAULT_POLICY, NOW)  # fmt: skip
+    batch = LogBatch(start=7)
+    with pytest.raises(RuntimeError, match="number"):
+        changes.add_leaves(batch)  # not numbered yet
+    leaf, rows, contributions = changes.number(batch)
+    assert (leaf, rows[0][8], contributions[0][7]) == (7, 8, 7)
+    assert batch.rows == []  # numbering adds nothing to the log
+    batch.add_statement(signed)  # something else took index 7 meanwhile
+    with pytest.raises(RuntimeError, match="cannot go at 8"):
+        changes.add_leaves(batch)
+    fresh = LogBatch(start=7)
+    changes.add_leaves(fresh)
+    assert [row[0] for row in fresh.rows] == [7, 8]
+    assert orjson.loads(fresh.rows[1][2])["index"] == 8

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from federation.log.tree import (
     TILE_WIDTH,
+    MerkleTree,
     edge_tile_keys,
     extend_tiles,
     subtree_hash_from,
@@ -25,6 +26,7 @@ from federation.protocol.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from federation.store.db import Database
 
 
 def build(batches: list[int]) -> tuple[dict[tuple[int, int], bytes], list[bytes]]:
@@ -89,3 +91,25 @@ def test_edge_tile_keys() -> None:
     assert edge_tile_keys(256) == [(1, 0)]
     assert edge_tile_keys(257) == [(0, 1), (1, 0)]
     assert edge_tile_keys(65536) == [(2, 0)]
+
+
+async def test_an_append_computes_its_root_from_the_edge_tiles_alone(db: Database) -> None:
+    """LogBatch.flush reads the edge tiles first, then computes while inserts run.
+
+    Each batch starts from a fresh MerkleTree that has read nothing but the
+    edges of the current size (as an appender in another worker would); the
+    root it computes from them alone, and the tiles it writes, must give the
+    reference root. The batches cross tile boundaries on levels 0, 1 and 2.
+    """
+    leaves: list[bytes] = []
+    for n in [1, 254, 1, 256, 300, 65_000, 1, 233, 70_000]:
+        new = [f"leaf {len(leaves) + i}".encode() for i in range(n)]
+        async with db.appending() as (conn, _):
+            tree = MerkleTree(conn)
+            await tree.load_edges(len(leaves))
+            changed, root = tree.extend(len(leaves), new)
+            await tree.write(changed)
+        leaves.extend(new)
+        assert root == root_hash([leaf_hash(leaf) for leaf in leaves])
+        async with db.reading() as conn:
+            assert await MerkleTree(conn).root(len(leaves)) == root  # as stored
