@@ -138,6 +138,7 @@ class MerkleTree:
         self.conn = conn
         self._tiles: dict[TileKey, bytes] = {}
         self._edges: frozenset[TileKey] = frozenset()  # the stored edge tiles load_edges read
+        self._edges_size: int | None = None  # the size they are the edges of
 
     async def _load(self, keys: Iterable[TileKey]) -> None:
         missing = [k for k in keys if k not in self._tiles]
@@ -171,13 +172,17 @@ class MerkleTree:
         keys = edge_tile_keys(size)
         await self._load(keys)
         self._edges = frozenset(k for k in keys if k in self._tiles)
+        self._edges_size = size
 
     def extend(self, size: int, leaves: Sequence[bytes]) -> tuple[dict[TileKey, bytes], bytes]:
         """The tiles ``leaves`` change and the new root, from the edges :meth:`load_edges` read.
 
         Pure computation on what is loaded; the tiles are kept for the root
-        and written by :meth:`write`.
+        and written by :meth:`write`. ``size`` must be the size the edges
+        were loaded for.
         """
+        if size != self._edges_size:
+            raise ValueError(f"extend({size}) on edges loaded for size {self._edges_size}")
         changed = extend_tiles(size, self._tiles, [leaf_hash(leaf) for leaf in leaves])
         self._tiles.update(changed)
         new_size = size + len(leaves)

@@ -113,3 +113,8 @@ async def test_an_append_computes_its_root_from_the_edge_tiles_alone(db: Databas
         assert root == root_hash([leaf_hash(leaf) for leaf in leaves])
         async with db.reading() as conn:
             assert await MerkleTree(conn).root(len(leaves)) == root  # as stored
+    async with db.reading() as conn:
+        tree = MerkleTree(conn)
+        await tree.load_edges(len(leaves) - 1)
+        with pytest.raises(ValueError, match="edges loaded for size"):
+            tree.extend(len(leaves), [b"one more"])  # not the size its edges are of
