@@ -93,10 +93,10 @@ class LogBatch:
         if not self.rows:
             return None
         await inserts.add(log, LOG_COLUMNS, self.rows)
+        if self._tree is None:
+            await self.begin(conn)
+        assert self._tree is not None
         tree = self._tree
-        if tree is None or tree.conn is not conn:
-            tree = MerkleTree(conn)
-            await tree.load_edges(self.start)
         changed, root = tree.extend(self.start, [row[2] for row in self.rows])
         await conn.execute(update(log_head).where(log_head.c.id == 1).values(size=self.next_idx))
         await tree.write(changed)

@@ -581,17 +581,6 @@ class Changes:
         encoded.contributions = [[*c, 0] for c in sorted(self.contributions_added, key=_first)]
         return encoded
 
-    def assemble(self, batch: LogBatch) -> tuple[int, list[list[Any]], list[list[Any]]]:
-        """Append the statement's leaf and its versions' to ``batch``; the rows to insert.
-
-        :meth:`number`, then :meth:`add_leaves`: returns the statement's log
-        index, the rows of new records and of new contributions (each in key
-        order). Pure: :meth:`write` inserts them.
-        """
-        numbered = self.number(batch)
-        self.add_leaves(batch)
-        return numbered
-
     def number(self, batch: LogBatch) -> tuple[int, list[list[Any]], list[list[Any]]]:
         """Fill the log indices and the time into the rows of :meth:`encode`; nothing is logged.
 

@@ -113,7 +113,8 @@ def test_new_record_leaves_are_the_canonical_json_of_their_fields(
     who = Principal(org, KID, frozenset({"contributor"}))
     changes = apply_items(signed, who, prepare(signed, policy.taxonomy), {}, {}, policy, NOW)
     batch = LogBatch(start=0)
-    leaf, rows, _ = changes.assemble(batch)
+    leaf, rows, _ = changes.number(batch)
+    changes.add_leaves(batch)
     leaves, expected_rows = general_encoding(changes)
     assert leaf == 0
     assert [row[2] for row in batch.rows[1:]] == leaves
@@ -128,7 +129,8 @@ def test_a_record_outside_the_template_takes_the_general_path() -> None:
                           DEFAULT_POLICY, NOW)  # fmt: skip
     changes.new[0].opinions["other"] = "false_positive"  # not a fresh record any more
     batch = LogBatch(start=0)
-    _, rows, _ = changes.assemble(batch)
+    _, rows, _ = changes.number(batch)
+    changes.add_leaves(batch)
     leaves, expected_rows = general_encoding(changes)
     assert batch.rows[1][2] == leaves[0] and list(map(tuple, rows)) == expected_rows
     assert b'"opinions":{"false_positive":1}' in leaves[0]
@@ -351,9 +353,9 @@ def test_changes_are_numbered_once() -> None:
     who = Principal("acme", KID, frozenset({"contributor"}))
     changes = apply_items(signed, who, prepare(signed, DEFAULT_POLICY.taxonomy), {}, {},
                           DEFAULT_POLICY, NOW)  # fmt: skip
-    changes.assemble(LogBatch(start=0))
+    changes.number(LogBatch(start=0))
     with pytest.raises(RuntimeError, match="already numbered"):
-        changes.assemble(LogBatch(start=0))
+        changes.number(LogBatch(start=0))
 
 
 def test_leaves_go_where_they_were_numbered() -> None:
