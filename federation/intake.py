@@ -38,7 +38,12 @@ from federation.protocol.statements import (
     verify_statement,
 )
 from federation.records.checking import ItemChecker
-from federation.records.ingest import apply_record_statement, draft_record_statement, prepare
+from federation.records.ingest import (
+    adopt_new_draft,
+    apply_record_statement,
+    draft_record_statement,
+    prepare,
+)
 from federation.store.bulk import Inserts
 from federation.store.db import Database
 from federation.store.schema import statements
@@ -129,10 +134,16 @@ class Intake:
         verify_statement(statement, key.public_key)
         check_statement_time(statement)
         is_record = statement.type in RECORD_TYPES
-        prepared = await self.checker.prepare(statement, policy.taxonomy) if is_record else None
-        draft = None
-        if prepared is not None:
-            draft = await draft_record_statement(self.db, statement, principal, prepared, policy)
+        prepared, draft = None, None
+        if is_record:
+            drafted = await self.checker.draft_new(statement, principal, policy)
+            if drafted is not None:
+                draft = await adopt_new_draft(self.db, statement, drafted, policy)
+            if draft is None:
+                prepared = await self.checker.prepare(statement, policy.taxonomy)
+                draft = await draft_record_statement(
+                    self.db, statement, principal, prepared, policy
+                )
 
         async with self.db.appending() as (conn, size), Inserts(conn) as inserts:
             stored = await self._stored_result(conn, statement.id)
@@ -146,7 +157,6 @@ class Intake:
                 in_force = await current_policy(conn)
                 if in_force.version != policy.version:  # the taxonomy may have changed
                     prepared, draft = prepare(statement, in_force.taxonomy), None
-                assert prepared is not None
                 result = await apply_record_statement(
                     conn, batch, inserts, statement, principal, prepared, in_force, draft
                 )

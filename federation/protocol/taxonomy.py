@@ -68,6 +68,10 @@ class Taxonomy:
         # mapping cannot alter a taxonomy in use.
         object.__setattr__(self, "labels", MappingProxyType(dict(sorted(self.labels.items()))))
 
+    def __reduce__(self) -> tuple[type[Taxonomy], tuple[dict[str, str]]]:
+        # Pickled (to a helper process) as its labels: a read-only mapping does not pickle.
+        return Taxonomy, (dict(self.labels),)
+
     def validate(self, labels: Sequence[str]) -> tuple[str, ...]:
         """The labels, each known, sorted and de-duplicated.
 

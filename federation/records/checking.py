@@ -8,6 +8,12 @@ function of the statement's bytes and the taxonomy, so a helper process runs
 it on another core and hands back the :class:`~federation.records.ingest.Prepared`
 result (unpickling costs the event loop about a sixth of the check).
 
+A big submissions statement goes further in the helper (:meth:`ItemChecker.draft_new`):
+it is applied as if none of its records existed and its new records are
+encoded there too (:func:`~federation.records.ingest.draft_as_new`). For
+50,000 items that is about 360 ms of Python (check 200 ms more) the event
+loop no longer runs; it unpickles the rows and results in about 110 ms.
+
 Small statements are checked in-process, in steps that hand the loop back.
 If the helper process dies, the statement is checked in-process and the pool
 is started afresh for the next one.
@@ -30,10 +36,12 @@ from typing import Any
 
 import orjson
 
+from federation.governance.policy import PolicyInForce
+from federation.identities.service import Principal
 from federation.protocol.problems import HashfedError, Problem
-from federation.protocol.statements import SignedStatement
+from federation.protocol.statements import SignedStatement, StatementType
 from federation.protocol.taxonomy import Taxonomy
-from federation.records.ingest import Prepared, prepare, prepare_async
+from federation.records.ingest import NewDraft, Prepared, draft_as_new, prepare, prepare_async
 
 log = logging.getLogger("hashfed.checking")
 
@@ -69,28 +77,51 @@ class ItemChecker:
             )
         return self._pool
 
+    def _worth_a_helper(self, statement: SignedStatement) -> bool:
+        items = statement.payload.get("items")
+        return bool(self.processes) and isinstance(items, list) and len(items) >= self.min_items
+
     async def prepare(self, statement: SignedStatement, taxonomy: Taxonomy) -> Prepared:
         """:func:`~federation.records.ingest.prepare` of ``statement``, wherever it is cheapest."""
-        items = statement.payload.get("items")
-        if not self.processes or not isinstance(items, list) or len(items) < self.min_items:
-            return await prepare_async(statement, taxonomy)
+        if self._worth_a_helper(statement):
+            labels = tuple(taxonomy.labels.items())
+            outcome = await self._in_helper(_prepare_in_helper, statement, labels)
+            if isinstance(outcome, Prepared):
+                return outcome
+        return await prepare_async(statement, taxonomy)
+
+    async def draft_new(
+        self, statement: SignedStatement, principal: Principal, policy: PolicyInForce
+    ) -> NewDraft | None:
+        """A big submissions statement checked and drafted as new records in a helper.
+
+        None where that does not apply (no helpers, a small statement, another
+        type) or the helper is unavailable: then :meth:`prepare` it. Raises
+        ``HashfedError`` if the statement is refused whole.
+        """
+        if statement.type != StatementType.SUBMISSIONS or not self._worth_a_helper(statement):
+            return None
+        outcome = await self._in_helper(_draft_in_helper, statement, principal, policy)
+        return outcome if isinstance(outcome, NewDraft) else None
+
+    async def _in_helper(self, task: Any, statement: SignedStatement, *args: Any) -> Any:
+        """``task(statement id, bytes, *args)`` in a helper; None if none is available.
+
+        Raises the ``HashfedError`` the task refused the statement with.
+        """
         loop = asyncio.get_running_loop()
         try:
             outcome = await loop.run_in_executor(
-                self._executor(),
-                _prepare_in_helper,
-                statement.id,
-                statement.signed_bytes,
-                tuple(taxonomy.labels.items()),
+                self._executor(), task, statement.id, statement.signed_bytes, *args
             )
         except (BrokenProcessPool, OSError) as exc:  # died, or could not be started
             log.warning("item-checking helper unavailable (%s); checking in-process", exc)
             self._discard()
-            return await prepare_async(statement, taxonomy)
-        if isinstance(outcome, Prepared):
-            return outcome
-        problem, detail, extra = outcome
-        raise HashfedError(Problem[problem], detail, **extra)
+            return None
+        if isinstance(outcome, tuple):
+            problem, detail, extra = outcome
+            raise HashfedError(Problem[problem], detail, **extra)
+        return outcome
 
     def _discard(self) -> None:
         pool, self._pool = self._pool, None
@@ -123,25 +154,58 @@ def _exit_with(server_pid: int) -> None:
     os._exit(0)
 
 
+Refusal = tuple[str, str, dict[str, Any]]  # a HashfedError's arguments: it does not pickle
+Labels = tuple[tuple[str, str], ...]
+
+
 @functools.lru_cache(maxsize=8)
-def _taxonomy(labels: tuple[tuple[str, str], ...]) -> Taxonomy:
+def _taxonomy(labels: Labels) -> Taxonomy:
     return Taxonomy(dict(labels))
 
 
-def _prepare_in_helper(
-    statement_id: str, signed_bytes: bytes, labels: tuple[tuple[str, str], ...]
-) -> Prepared | tuple[str, str, dict[str, Any]]:
-    """In the helper: the statement from its bytes (already opened and verified), then check it."""
+# The last statement checked here (its id and taxonomy) and its items: a draft
+# that could not be kept comes back to be checked (draft_new, then prepare).
+_last: tuple[tuple[str, Labels], Prepared] | None = None
+
+
+def _opened(statement_id: str, signed_bytes: bytes) -> SignedStatement:
+    """In the helper: the statement from its bytes (already opened and verified)."""
     line_end = signed_bytes.index(b"\n")
     payload = orjson.loads(signed_bytes[line_end + 1 :])
-    statement = SignedStatement(
+    return SignedStatement(
         id=statement_id,
         type=str(payload["type"]),
         signed_bytes=signed_bytes,
         signature=b"",
         payload=payload,
     )
+
+
+def _check(statement: SignedStatement, labels: Labels) -> Prepared:
+    global _last
+    _last = None
+    prepared = prepare(statement, _taxonomy(labels))
+    _last = ((statement.id, labels), prepared)
+    return prepared
+
+
+def _prepare_in_helper(
+    statement_id: str, signed_bytes: bytes, labels: Labels
+) -> Prepared | Refusal:
     try:
-        return prepare(statement, _taxonomy(labels))
-    except HashfedError as err:  # its constructor's arguments do not pickle by themselves
+        if _last is not None and _last[0] == (statement_id, labels):
+            return _last[1]
+        return _check(_opened(statement_id, signed_bytes), labels)
+    except HashfedError as err:
+        return err.problem.name, err.detail, err.extra
+
+
+def _draft_in_helper(
+    statement_id: str, signed_bytes: bytes, principal: Principal, policy: PolicyInForce
+) -> NewDraft | Refusal:
+    try:
+        statement = _opened(statement_id, signed_bytes)
+        prepared = _check(statement, tuple(policy.taxonomy.labels.items()))
+        return draft_as_new(statement, principal, prepared, policy, int(time.time()))
+    except HashfedError as err:
         return err.problem.name, err.detail, err.extra

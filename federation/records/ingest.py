@@ -424,7 +424,7 @@ class _Encoded:
     its log index (``heads``), between it and the time (``mids``) and after
     the time (``tails``), and whether consumers see it (``visible``); a record
     encoded the general way has empty bytes there and its version fields in
-    ``general``, by position. ``rows``: the records'
+    ``general``, by position; their record ids (``ids``). ``rows``: the records'
     rows in id order, ``head_idx`` holding the record's position until
     :meth:`Changes.number` makes it its log index. ``contributions``: the new
     contributions' rows in key order, ``updated_idx`` filled in by number too.
@@ -435,6 +435,7 @@ class _Encoded:
     tails: list[bytes] = field(default_factory=list)
     visible: list[bool] = field(default_factory=list)
     general: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)
     rows: list[list[Any]] = field(default_factory=list)
     contributions: list[list[Any]] = field(default_factory=list)
 
@@ -495,7 +496,9 @@ class Changes:
 
     @property
     def any(self) -> bool:
-        return bool(self.new or self.changed or self.log_anyway)
+        """Whether the statement changes anything (or must be logged anyway)."""
+        new = self.new or (self._encoded is not None and self._encoded.rows)  # see NewDraft
+        return bool(new or self.changed or self.log_anyway)
 
     def encode(self) -> _Encoded:
         """The new records' leaves and rows, all but their log indices (pure, computed once).
@@ -575,6 +578,7 @@ class Changes:
                  now, "{}"]
             )  # fmt: skip
         encoded.visible = [r.visible for r in self.new]
+        encoded.ids = [r.id for r in self.new]
         # New rows go in key order: a batch of random ids then walks the
         # B-tree once, left to right, instead of jumping around it.
         rows.sort(key=_first)
@@ -631,8 +635,7 @@ class Changes:
             )
         batch.add_version_leaves(first, leaves, encoded.visible)
         if self.notices:  # what they need of new records' log indices
-            ids = (r.id for r in self.new)
-            self.head_idx.update(zip(ids, range(first, batch.next_idx), strict=True))
+            self.head_idx.update(zip(encoded.ids, range(first, batch.next_idx), strict=True))
         for record in self.changed:
             self.head_idx[record.id] = batch.add_version(
                 record.version_fields(cause, now), visible=record.visible
@@ -845,6 +848,56 @@ async def draft_record_statement(
     return Draft(size, ids, policy.version, changes)
 
 
+@dataclass(slots=True)
+class NewDraft:
+    """A submissions statement applied as if none of its records existed (made in a helper).
+
+    Most items of a big push name hashes the federation does not hold yet.
+    A helper process checks the items, applies the statement to no records at
+    all and encodes the new ones (:func:`draft_as_new`), so the event loop is
+    left to unpickle the rows and check that none of ``ids`` (the valid
+    items' record ids) exists (:func:`adopt_new_draft`). If one does, the
+    statement is drafted the usual way instead.
+    """
+
+    ids: list[str]
+    now: int
+    results: list[dict[str, Any] | None]
+    encoded: _Encoded
+
+
+def draft_as_new(
+    statement: SignedStatement,
+    principal: Principal,
+    prepared: Prepared,
+    policy: PolicyInForce,
+    now: int,
+) -> NewDraft:
+    """Apply a submissions statement to no existing records and encode it (pure)."""
+    if statement.type != StatementType.SUBMISSIONS:
+        raise ValueError(f"only submissions can be drafted as new records, not {statement.type}")
+    mine = Prepared(prepared.items, list(prepared.results), prepared.extra)
+    changes = apply_items(statement, principal, mine, {}, {}, policy, now)
+    ids = [item.record_id for item in prepared.items]
+    return NewDraft(ids, now, changes.results, changes.encode())
+
+
+async def adopt_new_draft(
+    db: Database, statement: SignedStatement, drafted: NewDraft, policy: PolicyInForce
+) -> Draft | None:
+    """``drafted`` as the statement's :class:`Draft` if none of its records exists; else None.
+
+    The log's size is read first, as for any draft: a record created after
+    it makes the append lock apply the statement again.
+    """
+    async with db.reading() as conn:
+        size = await log_size(conn)
+        if await touched_since(conn, 0, drafted.ids):  # any of them exists at all
+            return None
+    changes = Changes(statement, drafted.now, drafted.results, _encoded=drafted.encoded)
+    return Draft(size, drafted.ids, policy.version, changes)
+
+
 async def touched_since(conn: AsyncConnection, size: int, ids: Sequence[str]) -> bool:
     """Whether a version of any record among ``ids`` has a log index of ``size`` or more."""
     if not ids:
@@ -863,14 +916,17 @@ async def apply_record_statement(
     inserts: Inserts,
     statement: SignedStatement,
     principal: Principal,
-    prepared: Prepared,
+    prepared: Prepared | None,
     policy: PolicyInForce,
     draft: Draft | None = None,
 ) -> dict[str, Any]:
     """Apply a validated record statement inside the append transaction.
 
-    ``draft`` (from :func:`draft_record_statement`) is used if it still holds:
-    same policy, and no version of its records appended since it was made.
+    ``draft`` (from :func:`draft_record_statement` or :func:`adopt_new_draft`)
+    is used if it still holds: same policy, and no version of its records
+    appended since it was made. Otherwise the statement is applied here, to
+    ``prepared``, or, if its items were checked in a helper only, to items
+    checked again here.
     """
     if (
         draft is not None
@@ -880,6 +936,8 @@ async def apply_record_statement(
         changes = draft.changes
         changes.now = int(time.time())  # the time of the append, as for a statement applied here
     else:
+        if prepared is None:
+            prepared = await prepare_async(statement, policy.taxonomy)
         found: dict[str, Dispute] = {}
         if statement.type == StatementType.DISPUTE_RESOLVE:
             dispute = await load_dispute(conn, prepared.extra["dispute"])

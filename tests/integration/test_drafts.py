@@ -4,12 +4,14 @@ The intake applies a record statement to its records as they were read
 before the append lock (a draft), then, inside the lock, keeps that work only
 if no version of those records was appended in between; otherwise it applies
 the statement again. These tests put another member's statement exactly in
-that gap, on SQLite and PostgreSQL.
+that gap, on SQLite and PostgreSQL, with items checked in-process and in a
+helper process (which drafts a submission as if none of its records existed,
+and the intake drafts it as usual if one does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,6 +27,7 @@ from federation.intake import Intake
 from federation.log.checkpoints import CheckpointSigner
 from federation.protocol.signals import record_id
 from federation.protocol.statements import SignedStatement, StatementType, sign_statement
+from federation.records.checking import ItemChecker
 from federation.store.schema import LEAF_VERSION, contributions, log, records
 from tests.conftest import Federation
 
@@ -47,19 +50,45 @@ def principal(who: Identity) -> Principal:
     return Principal(who.org, who.key_id, frozenset({"contributor", "consumer"}))
 
 
-@pytest.fixture
-async def intake(fed: Federation) -> Intake:
-    return Intake(
-        fed.db, CheckpointSigner.from_file(fed.settings.origin, fed.settings.log_key_path)
-    )
+@pytest.fixture(scope="module")
+def helper() -> Iterator[ItemChecker]:
+    """Checks every statement, however small, in one helper process (started once)."""
+    checker = ItemChecker(processes=1, min_items=1)
+    yield checker
+    checker.close()
+
+
+@pytest.fixture(params=["in-process", "helper"])
+async def intake(fed: Federation, helper: ItemChecker, request: pytest.FixtureRequest) -> Intake:
+    checker = helper if request.param == "helper" else ItemChecker(processes=0)
+    signer = CheckpointSigner.from_file(fed.settings.origin, fed.settings.log_key_path)
+    return Intake(fed.db, signer, checker)
+
+
+def uses_helper(intake: Intake) -> bool:
+    return intake.checker.processes > 0
+
+
+class Applied:
+    """How statements were applied: drafts kept as new records, and applications here."""
+
+    def __init__(self) -> None:
+        self.here: list[str] = []  # statement types applied in this process (drafts or in the lock)
+        self.new_drafts: list[bool] = []  # per helper draft: whether it was adopted
+
+    def __len__(self) -> int:
+        """Applications, wherever they ran: in this process, and adopted helper drafts."""
+        return len(self.here) + len(self.new_drafts)
 
 
 def between_draft_and_lock(
     monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], Awaitable[Any]]
-) -> list[int]:
+) -> Applied:
     """Run ``meanwhile`` once, right after the next draft is made; count applications."""
-    applied: list[int] = []
-    draft, apply_steps = ingest.draft_record_statement, ingest.apply_steps
+    applied = Applied()
+    draft, adopt, apply_steps = (
+        ingest.draft_record_statement, ingest.adopt_new_draft, ingest.apply_steps
+    )  # fmt: skip
     pending = [meanwhile]
 
     async def drafted(*args: Any, **kwargs: Any) -> Any:
@@ -68,11 +97,19 @@ def between_draft_and_lock(
             await pending.pop()()
         return made
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        applied.append(1)
-        return apply_steps(*args, **kwargs)
+    async def adopted(*args: Any, **kwargs: Any) -> Any:
+        made = await adopt(*args, **kwargs)
+        applied.new_drafts.append(made is not None)
+        while pending and made is not None:
+            await pending.pop()()
+        return made
+
+    def counted(statement: SignedStatement, *args: Any, **kwargs: Any) -> Any:
+        applied.here.append(statement.type)
+        return apply_steps(statement, *args, **kwargs)
 
     monkeypatch.setattr(intake_module, "draft_record_statement", drafted)
+    monkeypatch.setattr(intake_module, "adopt_new_draft", adopted)
     monkeypatch.setattr(ingest, "apply_steps", counted)
     return applied
 
@@ -102,6 +139,8 @@ async def test_a_draft_whose_record_changed_meanwhile_is_applied_again(
 
     assert [r["status"] for r in outcome.result["results"]] == ["accepted", "accepted"]
     assert len(applied) == 3  # alpha's draft, beta's draft, beta applied again in the lock
+    if uses_helper(intake):  # both drafted as new records; beta's was not kept
+        assert applied.new_drafts == [True, True] and applied.here == ["submissions"]
     assert await contributors(fed, record_id("md5", shared)) == ["alpha", "beta"]
     assert await contributors(fed, record_id("md5", own)) == ["beta"]
     async with fed.db.reading() as conn:
@@ -139,6 +178,8 @@ async def test_a_draft_of_untouched_records_is_kept_though_the_log_grew(
 
     assert outcome.result["counts"] == {"accepted": 1, "duplicate": 0, "refused": 0}
     assert len(applied) == 2  # each statement applied once: beta's draft held
+    if uses_helper(intake):
+        assert applied.new_drafts == [True, True] and applied.here == []
     assert await contributors(fed, record_id("md5", md5(9))) == ["beta"]
     assert outcome.result["leaf_index"] > 0
 
@@ -188,6 +229,7 @@ async def test_a_kept_draft_takes_the_time_of_its_append(
     await intake.accept(principal(beta), submissions(beta, md5(21)).envelope(), SUBMISSIONS)
 
     assert len(applied) == 2  # beta's draft was kept
+    assert applied.here == ([] if uses_helper(intake) else ["submissions", "submissions"])
     async with fed.db.reading() as conn:
         query = select(log.c.leaf).where(log.c.kind == LEAF_VERSION).order_by(log.c.idx)
         times = [orjson.loads(leaf)["time"] for leaf in (await conn.execute(query)).scalars()]
@@ -212,8 +254,33 @@ async def test_a_draft_made_under_an_older_policy_is_applied_again(
     await intake.accept(principal(beta), submissions(beta, md5(30)).envelope(), SUBMISSIONS)
 
     assert len(applied) == 2  # the draft, then the statement applied again under the new policy
+    assert applied.new_drafts == ([True] if uses_helper(intake) else [])
     async with fed.db.reading() as conn:
         state = await conn.scalar(
             select(records.c.state).where(records.c.id == record_id("md5", md5(30)))
         )
     assert state == "pending"
+
+
+async def test_a_statement_naming_a_held_record_is_drafted_as_usual(
+    fed: Federation, intake: Intake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper drafts as new records only; one record already held, and the draft is the usual."""
+    alpha, beta = await fed.admit("alpha"), await fed.admit("beta")
+    await intake.accept(principal(alpha), submissions(alpha, md5(40)).envelope(), SUBMISSIONS)
+
+    async def nothing() -> None:
+        pass
+
+    applied = between_draft_and_lock(monkeypatch, nothing)
+    statement = submissions(beta, md5(41), md5(40), md5(42))
+    outcome = await intake.accept(principal(beta), statement.envelope(), SUBMISSIONS)
+
+    assert [r["status"] for r in outcome.result["results"]] == ["accepted"] * 3
+    # Drafted once here (with the held record as it is), kept in the lock.
+    assert applied.here == ["submissions"]
+    assert applied.new_drafts == ([False] if uses_helper(intake) else [])
+    assert await contributors(fed, record_id("md5", md5(40))) == ["alpha", "beta"]
+    assert await contributors(fed, record_id("md5", md5(41))) == ["beta"]
+    again = await intake.accept(principal(beta), statement.envelope(), SUBMISSIONS)
+    assert again.replayed and again.result == outcome.result

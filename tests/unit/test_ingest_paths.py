@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -42,6 +43,7 @@ from federation.records.ingest import (
     _gov_json,
     _json_list,
     apply_items,
+    draft_as_new,
     prepare,
     prepare_async,
 )
@@ -236,6 +238,79 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return "\nState:\tZ" not in status  # a zombie has left; only its entry waits for a reaper
+
+
+WHO = Principal("acme", KID, frozenset({"contributor", "consumer"}))
+
+
+async def test_a_helper_drafts_new_records_as_the_server_itself_would(
+    checker: ItemChecker,
+) -> None:
+    signed = statement(mixed_items(1_500))
+    drafted = await checker.draft_new(signed, WHO, DEFAULT_POLICY)
+    assert drafted is not None
+    prepared = prepare(signed, DEFAULT_POLICY.taxonomy)
+    assert drafted == draft_as_new(signed, WHO, prepared, DEFAULT_POLICY, drafted.now)
+    # As the statement applied here to no records: the same results, rows and leaves.
+    here = apply_items(signed, WHO, prepared, {}, {}, DEFAULT_POLICY, drafted.now)
+    assert drafted.results == here.results and len(drafted.encoded.rows) == 1_500 - 5
+    assert drafted.ids == [item.record_id for item in prepared.items]
+    sent = Changes(signed, drafted.now, drafted.results, _encoded=drafted.encoded)
+    assert sent.any
+    got, want = LogBatch(start=10), LogBatch(start=10)
+    for changes, batch in ((sent, got), (here, want)):
+        changes.number(batch)
+        changes.add_leaves(batch)
+    assert got.rows == want.rows
+
+
+async def test_a_statement_refused_whole_by_a_helper_draft_is_refused_with_its_problem(
+    checker: ItemChecker,
+) -> None:
+    items = [{"signal_type": "md5", "value": md5(i), "labels": ["incident"]} for i in range(20)]
+    signed = sign_statement(
+        {"type": "submissions", "items": items, "surprise": 1}, KEY, key_id=KID, org="acme"
+    )
+    with pytest.raises(HashfedError) as in_helper:
+        await checker.draft_new(signed, WHO, DEFAULT_POLICY)
+    assert in_helper.value.problem is Problem.STATEMENT_MALFORMED
+    assert "surprise" in in_helper.value.detail
+
+
+async def test_only_big_submissions_are_drafted_in_a_helper(checker: ItemChecker) -> None:
+    withdrawals = statement([{"signal_type": "md5", "value": md5(i)} for i in range(20)],
+                            stype="withdrawals")  # fmt: skip
+    assert await checker.draft_new(withdrawals, WHO, DEFAULT_POLICY) is None
+    small = statement([{"signal_type": "md5", "value": md5(i), "labels": ["incident"]}
+                       for i in range(9)])  # fmt: skip
+    assert await checker.draft_new(small, WHO, DEFAULT_POLICY) is None
+    assert checker._pool is None  # neither went to the helper
+    none = ItemChecker(processes=0)
+    assert await none.draft_new(statement(mixed_items(50)), WHO, DEFAULT_POLICY) is None
+    with pytest.raises(ValueError, match="only submissions"):
+        draft_as_new(withdrawals, WHO, prepare(withdrawals, DEFAULT_POLICY.taxonomy),
+                     DEFAULT_POLICY, NOW)  # fmt: skip
+
+
+async def test_a_dead_helper_leaves_the_draft_to_the_server(checker: ItemChecker) -> None:
+    signed = statement(mixed_items(200))
+    assert await checker.draft_new(signed, WHO, DEFAULT_POLICY) is not None
+    assert checker._pool is not None
+    for pid in list(checker._pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    assert await checker.draft_new(signed, WHO, DEFAULT_POLICY) is None  # then prepare() it
+    assert await checker.draft_new(signed, WHO, DEFAULT_POLICY) is not None  # a new helper
+
+
+def test_a_policy_goes_to_a_helper_and_back_unchanged() -> None:
+    document = PolicyDocument.model_validate(
+        {**DEFAULT_POLICY.document.model_dump(), "taxonomy": {"alpha": "A", "beta_2": "B"}}
+    )
+    policy = policy_from_document(7, document)
+    again = pickle.loads(pickle.dumps(policy))
+    assert again == policy and dict(again.taxonomy.labels) == {"alpha": "A", "beta_2": "B"}
+    with pytest.raises(TypeError):  # still read-only after the trip
+        again.taxonomy.labels["gamma"] = "C"
 
 
 async def test_small_statements_and_no_helpers_stay_in_process() -> None:
