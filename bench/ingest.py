@@ -13,7 +13,7 @@ database is created by ``hashfed server init``'s own code (Alembic to head,
 genesis and first policy).
 
     .venv/bin/python bench/ingest.py [--records 200000] [--batch 50000]
-        [--postgres URL] [--concurrency 2] [--profile out.pstats]
+        [--postgres URL] [--concurrency 2] [--profile out.pstats] [--again]
 """
 
 from __future__ import annotations
@@ -82,55 +82,75 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     member = Principal(ORG, key_id(member_key.public_key()), frozenset({"contributor", "consumer"}))
 
     items = generate_items(args.records, args.seed)
-    envelopes: list[Envelope] = []
-    for start in range(0, len(items), args.batch):
-        payload = {
-            "type": StatementType.SUBMISSIONS.value,
-            "items": items[start : start + args.batch],
+
+    def signed_batches() -> list[Envelope]:
+        envelopes: list[Envelope] = []
+        for start in range(0, len(items), args.batch):
+            payload = {
+                "type": StatementType.SUBMISSIONS.value,
+                "items": items[start : start + args.batch],
+            }
+            signed = sign_statement(payload, member_key, key_id=member.key_id, org=ORG)
+            # What the route hands to the intake: an envelope parsed from the request body.
+            body = json.dumps(signed.envelope().model_dump())
+            envelopes.append(Envelope.model_validate_json(body))
+        return envelopes
+
+    async def ingest(envelopes: list[Envelope], profile: str | None) -> dict[str, Any]:
+        queue = list(reversed(envelopes))
+        counts = {"accepted": 0, "duplicate": 0, "refused": 0}
+
+        async def worker() -> None:
+            while queue:
+                outcome = await intake.accept(member, queue.pop(), {StatementType.SUBMISSIONS})
+                for status, n in outcome.result["counts"].items():
+                    counts[status] += n
+
+        profiler = cProfile.Profile() if profile else None
+        threads0 = thread_cpu_s()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        if profiler:
+            profiler.enable()
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        if profiler and profile:
+            profiler.disable()
+            profiler.dump_stats(profile)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        threads = {n: round(t - threads0.get(n, 0.0), 2) for n, t in thread_cpu_s().items()}
+        return {
+            "counts": counts,
+            "wall_s": round(wall, 2),
+            "cpu_s": round(cpu, 2),
+            "records_per_s": round(args.records / wall),
+            "records_per_cpu_s": round(args.records / cpu),
+            "us_cpu_per_record": round(cpu / args.records * 1e6, 2),
+            "thread_cpu_s": threads,
         }
-        signed = sign_statement(payload, member_key, key_id=member.key_id, org=ORG)
-        # What the route hands to the intake: an envelope parsed from the request body.
-        envelopes.append(Envelope.model_validate_json(json.dumps(signed.envelope().model_dump())))
+
+    envelopes = signed_batches()
     log(f"signed {len(envelopes)} batches of {args.batch}; ingesting")
-
-    queue = list(reversed(envelopes))
-    accepted = 0
-
-    async def worker() -> None:
-        nonlocal accepted
-        while queue:
-            outcome = await intake.accept(member, queue.pop(), {StatementType.SUBMISSIONS})
-            accepted += outcome.result["counts"]["accepted"]
-
     # As the server does (federation/serve.py) once it has started.
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    profiler = cProfile.Profile() if args.profile else None
-    threads0 = thread_cpu_s()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    if profiler:
-        profiler.enable()
-    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    if profiler:
-        profiler.disable()
-        profiler.dump_stats(args.profile)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    threads = {name: round(t - threads0.get(name, 0.0), 2) for name, t in thread_cpu_s().items()}
+    figures = await ingest(envelopes, args.profile)
+    if figures["counts"]["accepted"] != args.records:
+        raise SystemExit(f"accepted {figures['counts']['accepted']} of {args.records}")
+    if args.again:
+        # The same items in new statements (a member pushing its list again):
+        # every item is a duplicate, so every record is read and nothing written.
+        log("signing the same items again; ingesting them as duplicates")
+        again = await ingest(signed_batches(), None)
+        if again["counts"]["duplicate"] != args.records:
+            raise SystemExit(f"{again['counts']} for {args.records} repeated items")
+        figures["again"] = again
     await db.close()
     intake.checker.close()
-    if accepted != args.records:
-        raise SystemExit(f"accepted {accepted} of {args.records}")
     return {
         "records": args.records,
         "batch": args.batch,
         "backend": "postgres" if args.postgres else "sqlite",
-        "wall_s": round(wall, 2),
-        "cpu_s": round(cpu, 2),
-        "records_per_s": round(args.records / wall),
-        "records_per_cpu_s": round(args.records / cpu),
-        "us_cpu_per_record": round(cpu / args.records * 1e6, 2),
-        "thread_cpu_s": threads,
+        **figures,
     }
 
 
@@ -159,6 +179,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--postgres", metavar="URL", help="an empty PostgreSQL database URL")
     parser.add_argument("--profile", metavar="FILE", help="write cProfile stats of the ingest")
+    parser.add_argument(
+        "--again", action="store_true",
+        help="then push the same items again in new statements (every item a duplicate)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     load_start = loadavg()
@@ -168,10 +192,12 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    shown = ("backend", "records", "batch", "wall_s", "cpu_s", "records_per_s",
-             "records_per_cpu_s", "us_cpu_per_record", "thread_cpu_s", "load", "code")  # fmt: skip
+    shown = ("backend", "records", "batch", "counts", "wall_s", "cpu_s", "records_per_s",
+             "records_per_cpu_s", "us_cpu_per_record", "thread_cpu_s", "again", "load",
+             "code")  # fmt: skip
     for key in shown:
-        print(f"{key:>20}: {figures[key]}")
+        if key in figures:
+            print(f"{key:>20}: {figures[key]}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from federation.governance.policy import apply_policy_set, current_policy
+from federation.governance.policy import PolicyInForce, apply_policy_set, current_policy
 from federation.governance.rules import check_may_sign
 from federation.identities.service import (
     Principal,
@@ -27,6 +27,7 @@ from federation.identities.service import (
 )
 from federation.log.append import LogBatch
 from federation.log.checkpoints import CheckpointSigner
+from federation.log.feed import log_size
 from federation.protocol.keys import decode_public_key
 from federation.protocol.problems import HashfedError, Problem
 from federation.protocol.statements import (
@@ -39,10 +40,11 @@ from federation.protocol.statements import (
 )
 from federation.records.checking import ItemChecker
 from federation.records.ingest import (
-    adopt_new_draft,
+    Draft,
     apply_record_statement,
     draft_record_statement,
     prepare,
+    touched_since,
 )
 from federation.store.bulk import Inserts
 from federation.store.db import Database
@@ -136,9 +138,7 @@ class Intake:
         is_record = statement.type in RECORD_TYPES
         prepared, draft = None, None
         if is_record:
-            drafted = await self.checker.draft_new(statement, principal, policy)
-            if drafted is not None:
-                draft = await adopt_new_draft(self.db, statement, drafted, policy)
+            draft = await self._draft_as_new(statement, principal, policy)
             if draft is None:
                 prepared = await self.checker.prepare(statement, policy.taxonomy)
                 draft = await draft_record_statement(
@@ -173,6 +173,24 @@ class Intake:
                 result["leaf_index"] = batch.start
                 await _store_statement(conn, batch, inserts, statement, result, self.signer)
         return Outcome(result, replayed=False)
+
+    async def _draft_as_new(
+        self, statement: SignedStatement, principal: Principal, policy: PolicyInForce
+    ) -> Draft | None:
+        """A big submissions statement that names no record held yet, drafted in a helper.
+
+        None if it does not apply (see :meth:`ItemChecker.new_ids`) or a record
+        is held already: the statement is then drafted here, as any other.
+        """
+        ids = await self.checker.new_ids(statement, policy.taxonomy)
+        if ids is None:
+            return None
+        async with self.db.reading() as conn:
+            size = await log_size(conn)  # first: a record created after it fails the draft
+            if await touched_since(conn, 0, ids):  # any of them held at all
+                return None
+        drafted = await self.checker.draft_new(statement, principal, policy)
+        return None if drafted is None else drafted.adopt(statement, size, ids, policy)
 
 
 async def _store_statement(

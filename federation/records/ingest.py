@@ -853,17 +853,21 @@ class NewDraft:
     """A submissions statement applied as if none of its records existed (made in a helper).
 
     Most items of a big push name hashes the federation does not hold yet.
-    A helper process checks the items, applies the statement to no records at
-    all and encodes the new ones (:func:`draft_as_new`), so the event loop is
-    left to unpickle the rows and check that none of ``ids`` (the valid
-    items' record ids) exists (:func:`adopt_new_draft`). If one does, the
-    statement is drafted the usual way instead.
+    Once the server has seen that none of the statement's records exists, a
+    helper process applies it to no records at all and encodes the new ones
+    (:func:`draft_as_new`), and the event loop is left to unpickle the rows.
     """
 
-    ids: list[str]
     now: int
     results: list[dict[str, Any] | None]
     encoded: _Encoded
+
+    def adopt(
+        self, statement: SignedStatement, size: int, ids: list[str], policy: PolicyInForce
+    ) -> Draft:
+        """The statement's :class:`Draft`: none of ``ids`` existed when the log had ``size``."""
+        changes = Changes(statement, self.now, self.results, _encoded=self.encoded)
+        return Draft(size, ids, policy.version, changes)
 
 
 def draft_as_new(
@@ -878,24 +882,7 @@ def draft_as_new(
         raise ValueError(f"only submissions can be drafted as new records, not {statement.type}")
     mine = Prepared(prepared.items, list(prepared.results), prepared.extra)
     changes = apply_items(statement, principal, mine, {}, {}, policy, now)
-    ids = [item.record_id for item in prepared.items]
-    return NewDraft(ids, now, changes.results, changes.encode())
-
-
-async def adopt_new_draft(
-    db: Database, statement: SignedStatement, drafted: NewDraft, policy: PolicyInForce
-) -> Draft | None:
-    """``drafted`` as the statement's :class:`Draft` if none of its records exists; else None.
-
-    The log's size is read first, as for any draft: a record created after
-    it makes the append lock apply the statement again.
-    """
-    async with db.reading() as conn:
-        size = await log_size(conn)
-        if await touched_since(conn, 0, drafted.ids):  # any of them exists at all
-            return None
-    changes = Changes(statement, drafted.now, drafted.results, _encoded=drafted.encoded)
-    return Draft(size, drafted.ids, policy.version, changes)
+    return NewDraft(now, changes.results, changes.encode())
 
 
 async def touched_since(conn: AsyncConnection, size: int, ids: Sequence[str]) -> bool:

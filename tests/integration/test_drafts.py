@@ -86,9 +86,8 @@ def between_draft_and_lock(
 ) -> Applied:
     """Run ``meanwhile`` once, right after the next draft is made; count applications."""
     applied = Applied()
-    draft, adopt, apply_steps = (
-        ingest.draft_record_statement, ingest.adopt_new_draft, ingest.apply_steps
-    )  # fmt: skip
+    draft, apply_steps = ingest.draft_record_statement, ingest.apply_steps
+    as_new = Intake._draft_as_new
     pending = [meanwhile]
 
     async def drafted(*args: Any, **kwargs: Any) -> Any:
@@ -97,9 +96,10 @@ def between_draft_and_lock(
             await pending.pop()()
         return made
 
-    async def adopted(*args: Any, **kwargs: Any) -> Any:
-        made = await adopt(*args, **kwargs)
-        applied.new_drafts.append(made is not None)
+    async def adopted(intake: Intake, *args: Any, **kwargs: Any) -> Any:
+        made = await as_new(intake, *args, **kwargs)
+        if uses_helper(intake):
+            applied.new_drafts.append(made is not None)
         while pending and made is not None:
             await pending.pop()()
         return made
@@ -109,7 +109,7 @@ def between_draft_and_lock(
         return apply_steps(statement, *args, **kwargs)
 
     monkeypatch.setattr(intake_module, "draft_record_statement", drafted)
-    monkeypatch.setattr(intake_module, "adopt_new_draft", adopted)
+    monkeypatch.setattr(Intake, "_draft_as_new", adopted)
     monkeypatch.setattr(ingest, "apply_steps", counted)
     return applied
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import signal
@@ -35,7 +36,8 @@ from federation.log.append import LogBatch
 from federation.protocol.keys import generate_private_key, key_id
 from federation.protocol.problems import HashfedError, Problem
 from federation.protocol.statements import SignedStatement, canonical_json, sign_statement
-from federation.records.checking import ItemChecker
+from federation.records import checking
+from federation.records.checking import CHECKED_KEPT, ItemChecker
 from federation.records.ingest import (
     PREPARE_STEP_ITEMS,
     Changes,
@@ -247,21 +249,26 @@ async def test_a_helper_drafts_new_records_as_the_server_itself_would(
     checker: ItemChecker,
 ) -> None:
     signed = statement(mixed_items(1_500))
+    prepared = prepare(signed, DEFAULT_POLICY.taxonomy)
+    ids = await checker.new_ids(signed, DEFAULT_POLICY.taxonomy)
+    assert ids == [item.record_id for item in prepared.items]
     drafted = await checker.draft_new(signed, WHO, DEFAULT_POLICY)
     assert drafted is not None
-    prepared = prepare(signed, DEFAULT_POLICY.taxonomy)
     assert drafted == draft_as_new(signed, WHO, prepared, DEFAULT_POLICY, drafted.now)
     # As the statement applied here to no records: the same results, rows and leaves.
     here = apply_items(signed, WHO, prepared, {}, {}, DEFAULT_POLICY, drafted.now)
     assert drafted.results == here.results and len(drafted.encoded.rows) == 1_500 - 5
-    assert drafted.ids == [item.record_id for item in prepared.items]
-    sent = Changes(signed, drafted.now, drafted.results, _encoded=drafted.encoded)
-    assert sent.any
+    sent = drafted.adopt(signed, 10, ids, DEFAULT_POLICY).changes
+    assert sent.any and sent.statement is signed
     got, want = LogBatch(start=10), LogBatch(start=10)
     for changes, batch in ((sent, got), (here, want)):
         changes.number(batch)
         changes.add_leaves(batch)
     assert got.rows == want.rows
+    # The helper kept the checked items, unchanged by the draft, for the next question.
+    assert await checker.prepare(signed, DEFAULT_POLICY.taxonomy) == prepare(
+        signed, DEFAULT_POLICY.taxonomy
+    )
 
 
 async def test_a_statement_refused_whole_by_a_helper_draft_is_refused_with_its_problem(
@@ -271,35 +278,64 @@ async def test_a_statement_refused_whole_by_a_helper_draft_is_refused_with_its_p
     signed = sign_statement(
         {"type": "submissions", "items": items, "surprise": 1}, KEY, key_id=KID, org="acme"
     )
-    with pytest.raises(HashfedError) as in_helper:
-        await checker.draft_new(signed, WHO, DEFAULT_POLICY)
-    assert in_helper.value.problem is Problem.STATEMENT_MALFORMED
-    assert "surprise" in in_helper.value.detail
+    for ask in (
+        checker.new_ids(signed, DEFAULT_POLICY.taxonomy),
+        checker.draft_new(signed, WHO, DEFAULT_POLICY),
+    ):
+        with pytest.raises(HashfedError) as in_helper:
+            await ask
+        assert in_helper.value.problem is Problem.STATEMENT_MALFORMED
+        assert "surprise" in in_helper.value.detail
 
 
 async def test_only_big_submissions_are_drafted_in_a_helper(checker: ItemChecker) -> None:
+    taxonomy = DEFAULT_POLICY.taxonomy
     withdrawals = statement([{"signal_type": "md5", "value": md5(i)} for i in range(20)],
                             stype="withdrawals")  # fmt: skip
-    assert await checker.draft_new(withdrawals, WHO, DEFAULT_POLICY) is None
+    assert await checker.new_ids(withdrawals, taxonomy) is None
     small = statement([{"signal_type": "md5", "value": md5(i), "labels": ["incident"]}
                        for i in range(9)])  # fmt: skip
-    assert await checker.draft_new(small, WHO, DEFAULT_POLICY) is None
+    assert await checker.new_ids(small, taxonomy) is None
     assert checker._pool is None  # neither went to the helper
     none = ItemChecker(processes=0)
-    assert await none.draft_new(statement(mixed_items(50)), WHO, DEFAULT_POLICY) is None
+    assert await none.new_ids(statement(mixed_items(50)), taxonomy) is None
     with pytest.raises(ValueError, match="only submissions"):
-        draft_as_new(withdrawals, WHO, prepare(withdrawals, DEFAULT_POLICY.taxonomy),
-                     DEFAULT_POLICY, NOW)  # fmt: skip
+        draft_as_new(withdrawals, WHO, prepare(withdrawals, taxonomy), DEFAULT_POLICY, NOW)
 
 
 async def test_a_dead_helper_leaves_the_draft_to_the_server(checker: ItemChecker) -> None:
     signed = statement(mixed_items(200))
-    assert await checker.draft_new(signed, WHO, DEFAULT_POLICY) is not None
+    assert await checker.new_ids(signed, DEFAULT_POLICY.taxonomy) is not None
     assert checker._pool is not None
     for pid in list(checker._pool._processes):
         os.kill(pid, signal.SIGKILL)
     assert await checker.draft_new(signed, WHO, DEFAULT_POLICY) is None  # then prepare() it
-    assert await checker.draft_new(signed, WHO, DEFAULT_POLICY) is not None  # a new helper
+    assert await checker.new_ids(signed, DEFAULT_POLICY.taxonomy) is not None  # a new helper
+    assert await checker.draft_new(signed, WHO, DEFAULT_POLICY) is not None
+
+
+async def test_a_helper_keeps_the_last_few_statements_checked(checker: ItemChecker) -> None:
+    signed = [statement(mixed_items(20 + n)) for n in range(CHECKED_KEPT + 1)]
+    for one in signed:
+        await checker.new_ids(one, DEFAULT_POLICY.taxonomy)
+    assert checker._pool is not None
+    (pid,) = checker._pool._processes
+    kept = await asyncio.get_running_loop().run_in_executor(checker._pool, _kept_in_helper)
+    assert kept == [one.id for one in signed[1:]]  # the oldest made way
+    # Drafting, or handing the items back, does not check a kept statement again.
+    assert await checker.draft_new(signed[-1], WHO, DEFAULT_POLICY) is not None
+    assert await checker.prepare(signed[-2], DEFAULT_POLICY.taxonomy) == prepare(
+        signed[-2], DEFAULT_POLICY.taxonomy
+    )
+    assert (await asyncio.get_running_loop().run_in_executor(checker._pool, _kept_in_helper))[
+        -2:
+    ] == [signed[-1].id, signed[-2].id]
+    assert list(checker._pool._processes) == [pid]
+
+
+def _kept_in_helper() -> list[str]:
+    """In the helper: the ids of the statements it keeps checked, oldest first."""
+    return [statement_id for statement_id, _ in checking._checked]
 
 
 def test_a_policy_goes_to_a_helper_and_back_unchanged() -> None:
