@@ -99,9 +99,11 @@ class ItemChecker:
         The first step of drafting it there: if none of these records exists,
         :meth:`draft_new` drafts it, otherwise :meth:`prepare` hands its items
         back; the helper keeps the last few statements' checked items for
-        either. None where that does not apply (no helpers, a small statement,
-        another type) or no helper is available: then :meth:`prepare` it.
-        Raises ``HashfedError`` if the statement is refused whole.
+        either (with several helpers, the next question may reach another
+        one, which checks the statement again). None where that does not
+        apply (no helpers, a small statement, another type) or no helper is
+        available: then :meth:`prepare` it. Raises ``HashfedError`` if the
+        statement is refused whole.
         """
         if statement.type != StatementType.SUBMISSIONS or not self._worth_a_helper(statement):
             return None
@@ -126,23 +128,25 @@ class ItemChecker:
         Raises the ``HashfedError`` the task refused the statement with.
         """
         loop = asyncio.get_running_loop()
+        pool = self._executor()
         try:
             outcome = await loop.run_in_executor(
-                self._executor(), task, statement.id, statement.signed_bytes, *args
+                pool, task, statement.id, statement.signed_bytes, *args
             )
         except (BrokenProcessPool, OSError) as exc:  # died, or could not be started
             log.warning("item-checking helper unavailable (%s); checking in-process", exc)
-            self._discard()
+            self._discard(pool)
             return None
         if isinstance(outcome, tuple):
             problem, detail, extra = outcome
             raise HashfedError(Problem[problem], detail, **extra)
         return outcome
 
-    def _discard(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+    def _discard(self, broken: ProcessPoolExecutor) -> None:
+        # Only the pool that failed: another request may have started a new one since.
+        if self._pool is broken:
+            self._pool = None
+            broken.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         """Stop the helper processes (waits for a check in progress)."""
@@ -179,10 +183,11 @@ def _taxonomy(labels: Labels) -> Taxonomy:
     return Taxonomy(dict(labels))
 
 
-# The statements checked here last (by id and taxonomy), each without its
-# items, and the checked items: each is asked for again (new_ids, then
-# draft_new or prepare), with other statements' requests in between when
-# several are in flight.
+# Statements checked here (by id and taxonomy), each without its items and
+# bytes, and their checked items: after new_ids, the server asks once more
+# (draft_new or prepare), with other statements' requests in between when
+# several are in flight; that question takes the entry out. At most
+# CHECKED_KEPT are kept, in case a server never asks again.
 _checked: OrderedDict[tuple[str, Labels], tuple[SignedStatement, Prepared]] = OrderedDict()
 CHECKED_KEPT = 4
 
@@ -207,7 +212,8 @@ def _checked_statement(
     )
     prepared = prepare(statement, _taxonomy(labels))
     header = {name: value for name, value in payload.items() if name != "items"}
-    kept = _checked[key] = (dataclasses.replace(statement, payload=header), prepared)
+    light = dataclasses.replace(statement, signed_bytes=b"", payload=header)
+    kept = _checked[key] = (light, prepared)
     while len(_checked) > CHECKED_KEPT:
         _checked.popitem(last=False)
     return kept
@@ -225,7 +231,9 @@ def _prepare_in_helper(
     statement_id: str, signed_bytes: bytes, labels: Labels
 ) -> Prepared | Refusal:
     try:
-        return _checked_statement(statement_id, signed_bytes, labels)[1]
+        prepared = _checked_statement(statement_id, signed_bytes, labels)[1]
+        _checked.pop((statement_id, labels), None)  # the last question about it
+        return prepared
     except HashfedError as err:
         return err.problem.name, err.detail, err.extra
 
@@ -236,6 +244,7 @@ def _draft_in_helper(
     labels = tuple(policy.taxonomy.labels.items())
     try:
         statement, prepared = _checked_statement(statement_id, signed_bytes, labels)
+        _checked.pop((statement_id, labels), None)  # the last question about it
         return draft_as_new(statement, principal, prepared, policy, int(time.time()))
     except HashfedError as err:
         return err.problem.name, err.detail, err.extra

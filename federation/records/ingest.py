@@ -909,11 +909,13 @@ async def apply_record_statement(
 ) -> dict[str, Any]:
     """Apply a validated record statement inside the append transaction.
 
-    ``draft`` (from :func:`draft_record_statement` or :func:`adopt_new_draft`)
+    ``draft`` (from :func:`draft_record_statement` or :meth:`NewDraft.adopt`)
     is used if it still holds: same policy, and no version of its records
     appended since it was made. Otherwise the statement is applied here, to
     ``prepared``, or, if its items were checked in a helper only, to items
-    checked again here.
+    checked again here, in steps (about 200 ms of Python for 50,000 items;
+    asking the helper instead could queue the lock behind another
+    statement's draft there).
     """
     if (
         draft is not None

@@ -314,28 +314,74 @@ async def test_a_dead_helper_leaves_the_draft_to_the_server(checker: ItemChecker
     assert await checker.draft_new(signed, WHO, DEFAULT_POLICY) is not None
 
 
-async def test_a_helper_keeps_the_last_few_statements_checked(checker: ItemChecker) -> None:
+async def test_a_late_report_of_a_dead_helper_leaves_its_successor_alone(
+    checker: ItemChecker,
+) -> None:
+    signed = statement(mixed_items(30))
+    assert await checker.new_ids(signed, DEFAULT_POLICY.taxonomy) is not None
+    dead = checker._pool
+    assert dead is not None
+    for pid in list(dead._processes):
+        os.kill(pid, signal.SIGKILL)
+    assert await checker.new_ids(signed, DEFAULT_POLICY.taxonomy) is None
+    assert await checker.new_ids(signed, DEFAULT_POLICY.taxonomy) is not None
+    successor = checker._pool
+    assert successor is not None and successor is not dead
+    checker._discard(dead)  # another request that failed on the dead pool, reporting late
+    assert checker._pool is successor
+    assert await checker.draft_new(signed, WHO, DEFAULT_POLICY) is not None
+
+
+async def test_a_helper_keeps_a_checked_statement_until_the_next_question(
+    checker: ItemChecker,
+) -> None:
     signed = [statement(mixed_items(20 + n)) for n in range(CHECKED_KEPT + 1)]
     for one in signed:
         await checker.new_ids(one, DEFAULT_POLICY.taxonomy)
     assert checker._pool is not None
-    (pid,) = checker._pool._processes
-    kept = await asyncio.get_running_loop().run_in_executor(checker._pool, _kept_in_helper)
-    assert kept == [one.id for one in signed[1:]]  # the oldest made way
-    # Drafting, or handing the items back, does not check a kept statement again.
+    pool = checker._pool
+    (pid,) = pool._processes
+
+    async def in_helper(task: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, task)
+
+    assert await in_helper(_kept_in_helper) == [one.id for one in signed[1:]]  # oldest out
+    await in_helper(_count_checks_in_helper)
+    # The next question about a kept statement is answered without checking it again...
     assert await checker.draft_new(signed[-1], WHO, DEFAULT_POLICY) is not None
-    assert await checker.prepare(signed[-2], DEFAULT_POLICY.taxonomy) == prepare(
-        signed[-2], DEFAULT_POLICY.taxonomy
+    expected = prepare(signed[-2], DEFAULT_POLICY.taxonomy)
+    assert await checker.prepare(signed[-2], DEFAULT_POLICY.taxonomy) == expected
+    assert await in_helper(_checks_in_helper) == 0
+    # ... and takes it out; one no longer kept is checked again, and not kept.
+    assert await checker.prepare(signed[0], DEFAULT_POLICY.taxonomy) == prepare(
+        signed[0], DEFAULT_POLICY.taxonomy
     )
-    assert (await asyncio.get_running_loop().run_in_executor(checker._pool, _kept_in_helper))[
-        -2:
-    ] == [signed[-1].id, signed[-2].id]
-    assert list(checker._pool._processes) == [pid]
+    assert await in_helper(_checks_in_helper) == 1
+    assert await in_helper(_kept_in_helper) == [signed[1].id, signed[2].id]
+    assert list(pool._processes) == [pid]  # all in the one helper
+
+
+_checks: list[str] = []  # in the helper: statements checked since _count_checks_in_helper
 
 
 def _kept_in_helper() -> list[str]:
     """In the helper: the ids of the statements it keeps checked, oldest first."""
     return [statement_id for statement_id, _ in checking._checked]
+
+
+def _count_checks_in_helper() -> None:
+    """In the helper: count the statements checked from now on (see _checks_in_helper)."""
+    original = checking.prepare
+
+    def counted(statement: SignedStatement, taxonomy: Any) -> Any:
+        _checks.append(statement.id)
+        return original(statement, taxonomy)
+
+    checking.prepare = counted  # type: ignore[assignment]
+
+
+def _checks_in_helper() -> int:
+    return len(_checks)
 
 
 def test_a_policy_goes_to_a_helper_and_back_unchanged() -> None:
