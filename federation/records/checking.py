@@ -98,9 +98,9 @@ class ItemChecker:
 
         The first step of drafting it there: if none of these records exists,
         :meth:`draft_new` drafts it, otherwise :meth:`prepare` hands its items
-        back; the helper keeps the last few statements' checked items for
-        either (with several helpers, the next question may reach another
-        one, which checks the statement again). None where that does not
+        back; the helper keeps the checked items until then (with several
+        helpers, that question may reach another one, which checks the
+        statement again). None where that does not
         apply (no helpers, a small statement, another type) or no helper is
         available: then :meth:`prepare` it. Raises ``HashfedError`` if the
         statement is refused whole.
