@@ -141,6 +141,10 @@ class Prepared:
     # For single-record statements (disputes): their checked members.
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def fresh(self) -> Prepared:
+        """A copy to apply: applying fills in the results list, which this keeps as checked."""
+        return Prepared(self.items, list(self.results), self.extra)
+
 
 def _refusal(position: int, err: HashfedError) -> dict[str, Any]:
     return {
@@ -424,7 +428,7 @@ class _Encoded:
     its log index (``heads``), between it and the time (``mids``) and after
     the time (``tails``), and whether consumers see it (``visible``); a record
     encoded the general way has empty bytes there and its version fields in
-    ``general``, by position; their record ids (``ids``). ``rows``: the records'
+    ``general``, by position. ``rows``: the records'
     rows in id order, ``head_idx`` holding the record's position until
     :meth:`Changes.number` makes it its log index. ``contributions``: the new
     contributions' rows in key order, ``updated_idx`` filled in by number too.
@@ -435,7 +439,6 @@ class _Encoded:
     tails: list[bytes] = field(default_factory=list)
     visible: list[bool] = field(default_factory=list)
     general: dict[int, dict[str, Any]] = field(default_factory=dict)
-    ids: list[str] = field(default_factory=list)
     rows: list[list[Any]] = field(default_factory=list)
     contributions: list[list[Any]] = field(default_factory=list)
 
@@ -578,7 +581,6 @@ class Changes:
                  now, "{}"]
             )  # fmt: skip
         encoded.visible = [r.visible for r in self.new]
-        encoded.ids = [r.id for r in self.new]
         # New rows go in key order: a batch of random ids then walks the
         # B-tree once, left to right, instead of jumping around it.
         rows.sort(key=_first)
@@ -635,7 +637,8 @@ class Changes:
             )
         batch.add_version_leaves(first, leaves, encoded.visible)
         if self.notices:  # what they need of new records' log indices
-            self.head_idx.update(zip(encoded.ids, range(first, batch.next_idx), strict=True))
+            ids = (r.id for r in self.new)
+            self.head_idx.update(zip(ids, range(first, batch.next_idx), strict=True))
         for record in self.changed:
             self.head_idx[record.id] = batch.add_version(
                 record.version_fields(cause, now), visible=record.visible
@@ -840,7 +843,7 @@ async def draft_record_statement(
         size = await log_size(conn)
         states = await load_states(conn, ids)
     # The draft's own results list: a statement applied again starts from the prepared one.
-    mine = Prepared(prepared.items, list(prepared.results), prepared.extra)
+    mine = prepared.fresh()
     # In steps: the event loop serves the append in progress between them.
     now = int(time.time())
     changes = await _run_async(apply_steps(statement, principal, mine, states, {}, policy, now))
@@ -880,7 +883,7 @@ def draft_as_new(
     """Apply a submissions statement to no existing records and encode it (pure)."""
     if statement.type != StatementType.SUBMISSIONS:
         raise ValueError(f"only submissions can be drafted as new records, not {statement.type}")
-    mine = Prepared(prepared.items, list(prepared.results), prepared.extra)
+    mine = prepared.fresh()
     changes = apply_items(statement, principal, mine, {}, {}, policy, now)
     return NewDraft(now, changes.results, changes.encode())
 
